@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine:  `make report`  and  `make test`.
+# Both create ./.venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# On the project's CI machines a local CPU wheel satisfies this pin; elsewhere override, e.g.
+#   make test TORCH_SPEC="torch>=2.2"   (any torch >= 2.2 works)
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= quick
+DATA_DIR_DEFAULT := $(wildcard ../shared/data)
+export KDREPRO_DATA_DIR ?= $(DATA_DIR_DEFAULT)
+
+.PHONY: setup test test-all report benchmark lint clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name kdrepro --display-name "kdrepro (venv)" >/dev/null
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+report: setup
+	$(BIN)/python run_all.py --profile $(PROFILE)
+
+benchmark: setup
+	$(BIN)/python -m kdrepro.benchmark
+
+lint: setup
+	$(BIN)/ruff check kdrepro tests run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,62 @@
+"""Pure, vectorised top-k ranking metrics.
+
+Every function takes ``ranked``: a (U, >=k) long tensor of item ids, best first, and ``relevant``: a
+(U, num_items) bool tensor marking each user's held-out items, and returns the (U,) per-user values.
+Users without any relevant item get 0; callers evaluate only users that have held-out items.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _hits(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    if ranked.shape[1] < k:
+        raise ValueError(f"ranked has {ranked.shape[1]} columns, fewer than k={k}")
+    return relevant.gather(1, ranked[:, :k]).float()  # (U, k)
+
+
+def _discounts(k: int, device: torch.device) -> torch.Tensor:
+    return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float32))
+
+
+def hit_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """HR@k: 1 if any relevant item is in the top k."""
+    return _hits(ranked, relevant, k).amax(1)
+
+
+def recall_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """Recall@k = |top-k ∩ relevant| / |relevant| (equals HR@k with one held-out item)."""
+    n_relevant = relevant.sum(1).clamp(min=1).float()
+    return _hits(ranked, relevant, k).sum(1) / n_relevant
+
+
+def ndcg_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k with binary gains: Σ_r rel_r / log2(r + 1) over the ideal ordering's value."""
+    discounts = _discounts(k, ranked.device)
+    dcg = (_hits(ranked, relevant, k) * discounts).sum(1)
+    n_ideal = relevant.sum(1).clamp(max=k)
+    ideal = torch.cat([torch.zeros(1, device=ranked.device), discounts.cumsum(0)])[n_ideal]
+    return torch.where(n_ideal > 0, dcg / ideal.clamp(min=1e-12), torch.zeros_like(dcg))
+
+
+def mrr_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """MRR@k: reciprocal rank of the first relevant item in the top k, else 0."""
+    hits = _hits(ranked, relevant, k)
+    reciprocal = 1.0 / torch.arange(1, k + 1, device=ranked.device, dtype=torch.float32)
+    return (hits * reciprocal).amax(1)
+
+
+METRICS = {"HR": hit_at_k, "Recall": recall_at_k, "NDCG": ndcg_at_k, "MRR": mrr_at_k}
+PROTOCOL_METRICS = {
+    "loo_sampled": ("HR", "MRR", "NDCG"),
+    "loo_full": ("Recall", "NDCG"),
+    "holdout": ("Recall", "NDCG"),
+}
+
+
+def per_user_metrics(
+    ranked: torch.Tensor, relevant: torch.Tensor, names: tuple[str, ...], ks: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
+    """``{"NDCG@10": (U,) tensor, ...}`` for every metric name × k."""
+    return {f"{name}@{k}": METRICS[name](ranked, relevant, k) for name in names for k in ks}
