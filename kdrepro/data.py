@@ -346,8 +346,9 @@ def synthetic(
 
     Items are split into ``num_groups`` niches; each user belongs to one group. A user's items are drawn
     (without replacement) from a mixture: with weight ``popularity_share`` from a global Zipf popularity
-    curve (the popular items everyone likes), the rest from their own niche (``group_affinity``) or any
-    niche. Learnable structure, skewed popularity, seconds to train on.
+    curve (the popular items everyone likes), the rest from the niches: ``group_affinity`` is the share
+    of those niche draws that come from the user's own niche.
+    Learnable structure, skewed popularity, seconds to train on.
     """
     if num_users < 2 or num_items < num_groups or num_groups < 1:
         raise ValueError("synthetic() needs num_users >= 2 and num_items >= num_groups >= 1")
@@ -358,8 +359,11 @@ def synthetic(
     popularity = popularity[rng.permutation(num_items)]
     popularity /= popularity.sum()
     in_group = item_groups[None, :] == user_groups[:, None]  # (U, I)
-    niche = np.where(in_group, group_affinity, 1 - group_affinity) * popularity[None, :] ** 0.3
-    niche /= niche.sum(1, keepdims=True)
+    taste = popularity[None, :] ** 0.3  # within a niche, mildly popularity-skewed
+    own = np.where(in_group, taste, 0.0)
+    other = np.where(in_group, 0.0, taste)
+    niche = (group_affinity * own / own.sum(1, keepdims=True)
+             + (1 - group_affinity) * other / other.sum(1, keepdims=True))
     probs = popularity_share * popularity[None, :] + (1 - popularity_share) * niche
     sizes = np.clip(rng.poisson(mean_interactions - 5, size=num_users) + 5, 5, num_items // 2)
     # Gumbel top-k: sampling without replacement proportional to probs, vectorised over users.

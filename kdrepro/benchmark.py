@@ -1,0 +1,79 @@
+"""``python -m kdrepro.benchmark``: the speed figures the project promises, as one JSON object.
+
+Prints ``{figure_name: seconds, ...}`` to stdout (best of ``--repeats``). Figures are measured on the
+papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unless told otherwise:
+
+- ``bpr_epoch_dim200_s`` / ``bpr_epoch_dim20_s``: one BPR epoch over the 115,142 LOO training pairs
+  (batch 1024, Adam with weight decay, one sampled negative per pair).
+- ``eval_full_all_users_s``: full-ranking evaluation of all 5,219 users (dim 200, top-50, training
+  items masked), ``loo_full`` test.
+- ``eval_loo_sampled_s``: ``loo_sampled`` test evaluation (1 + 499 candidates per user, dim 200).
+- ``peak_rss_mb``-style memory figures are not seconds and are reported on stderr only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from kdrepro import data, splits
+from kdrepro.evaluate import evaluate
+from kdrepro.models import ModelConfig, build
+from kdrepro.train import TrainConfig, fit
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bpr_epoch_seconds(split: splits.Split, dim: int, repeats: int) -> float:
+    result = fit(ModelConfig("bpr", dim), split, TrainConfig(epochs=repeats + 1, eval_every=10**6, patience=0,
+                                                             progress=False, device="cpu"))
+    # Epoch 1 includes one-off allocations; the best later epoch is the steady state.
+    return min(h["train_s"] for h in result.history[1:])
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2)")
+    parser.add_argument("--dataset", default="citeulike-t", choices=["citeulike-t", "synthetic"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.dataset == "synthetic":
+        dataset = data.synthetic(num_users=5219, num_items=25181, mean_interactions=24, seed=0)
+    else:
+        dataset = data.load("citeulike-t", min_user_interactions=5)
+    sampled = splits.get_split(dataset, "loo_sampled", 0)
+    full = splits.get_split(dataset, "loo_full", 0)
+
+    figures: dict[str, float] = {
+        "bpr_epoch_dim200_s": bpr_epoch_seconds(sampled, 200, args.repeats),
+        "bpr_epoch_dim20_s": bpr_epoch_seconds(sampled, 20, args.repeats),
+    }
+    torch.manual_seed(0)
+    model = build(ModelConfig("bpr", 200), full)
+    evaluate(model, full, "test")  # warm-up
+    figures["eval_full_all_users_s"] = _best(lambda: evaluate(model, full, "test"), args.repeats)
+    evaluate(model, sampled, "test")
+    figures["eval_loo_sampled_s"] = _best(lambda: evaluate(model, sampled, "test"), args.repeats)
+
+    print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"dataset={dataset!r} threads={torch.get_num_threads()} peak_rss_mb={peak_mb:.0f}", file=sys.stderr)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""DE — Distillation Experts (Kang et al., "DE-RRD: A Knowledge Distillation Framework for Recommender
+System", CIKM'20, Eq. 3–6).
+
+M experts E_m (MLP d_s → (d_s + d_t)/2 → d_t, ReLU) map the student's representation h_s(x) towards the
+teacher's h_t(x). A selection network reads the teacher's representation and gives α^x = softmax(W h_t(x)
++ b); one expert is chosen per entity by a Gumbel-softmax relaxation
+
+    s^x = softmax((log(α^x + 1e-10) + g) / τ),   g ~ Gumbel(0, 1),   τ = τ_end^(epoch / anneal_epochs),
+
+so τ anneals from 1 towards τ_end = 1e-10 and s^x becomes one-hot. The loss is
+
+    L_DE = Σ_x ‖h_t(x) − Σ_m s^x_m E_m(h_s(x))‖²,
+
+over the distinct users of the batch plus 0.5 × (distinct positive items + distinct negative items), with
+separate experts and selection networks for users and items (authors' code); total L_base + λ_DE L_DE.
+
+Design-choice variants (Table 4): ``selection="attention"`` uses α^x itself (a softmax mixture, no
+sampling); ``num_experts=1`` with ``expert_hidden`` gives "one small expert" (default width) or "one
+large expert" (e.g. ``expert_hidden = 30 × 110`` to match the parameters of 30 experts).
+
+Speed: the mixture only evaluates the (entity, expert) pairs with a non-zero weight. Once τ is small the
+Gumbel-softmax underflows to exact zeros, so this is exact (a zero weight contributes nothing to the value
+nor to any gradient) and the cost falls from M experts per entity to about one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_noise, uniform_init
+
+if TYPE_CHECKING:
+    from kdrepro.models import Recommender
+    from kdrepro.splits import Split
+    from kdrepro.teachers import TeacherOutputs
+    from kdrepro.train import Batch
+
+SELECTIONS = ("gumbel", "attention")
+ENTITIES = ("user", "item")
+
+
+@dataclass(frozen=True)
+class DEConfig:
+    lambda_de: float = 0.01  # λ_DE
+    num_experts: int = 30  # M
+    expert_hidden: int | None = None  # hidden width of each E_m; None → (d_s + d_t) // 2
+    selection: str = "gumbel"  # "gumbel": s = Gumbel-softmax(log α / τ) (paper); "attention": s = α
+    tau_end: float = 1e-10  # τ after annealing; τ_epoch = tau_end ** min(epoch / anneal_epochs, 1)
+    anneal_epochs: int = 1000  # epochs over which τ goes from 1 to tau_end (authors: the maximum epochs)
+    item_weight: float = 0.5  # weight of the item side: 0.5 × (distinct positives + distinct negatives)
+
+    def __post_init__(self) -> None:
+        check_choice("DEConfig.selection", self.selection, SELECTIONS)
+        check_positive(self, "num_experts", "tau_end", "anneal_epochs")
+        if self.expert_hidden is not None and self.expert_hidden < 1:
+            raise ValueError(f"DEConfig.expert_hidden must be positive or None, got {self.expert_hidden}")
+
+
+def de_loss(teacher_repr: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Σ_x ‖h_t(x) − Σ_m s^x_m E_m(h_s(x))‖²: both (n, d_t); summed over entities and dimensions."""
+    return ((teacher_repr - reconstruction) ** 2).sum()
+
+
+def expert_selection(alpha: torch.Tensor, tau: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """The selection weights s (n, M) from the selection network's α (n, M).
+
+    With Gumbel ``noise`` (n, M): softmax((log(α + 1e-10) + g) / τ); without: α itself (attention).
+    """
+    if noise is None:
+        return alpha
+    return torch.softmax((torch.log(alpha + 1e-10) + noise) / tau, dim=1)
+
+
+class ExpertBank(nn.Module):
+    """M two-layer experts E_m(h) = W2_m ReLU(W1_m h + b1_m) + b2_m, stored as stacked tensors.
+
+    ``forward(h, selection)`` returns Σ_m s_m E_m(h) per row, evaluating only the (row, expert) pairs
+    whose weight is non-zero: the pairs are grouped by expert and padded to the largest group, so two
+    batched matrix products serve every expert at once.
+    """
+
+    def __init__(self, num_experts: int, dims: tuple[int, int, int], generator: torch.Generator) -> None:
+        super().__init__()
+        d_in, hidden, d_out = dims
+        self.w1 = uniform_init((num_experts, d_in, hidden), d_in, generator)
+        self.b1 = uniform_init((num_experts, hidden), d_in, generator)
+        self.w2 = uniform_init((num_experts, hidden, d_out), hidden, generator)
+        self.b2 = uniform_init((num_experts, d_out), hidden, generator)
+
+    def expert(self, m: int, h: torch.Tensor) -> torch.Tensor:
+        """E_m(h) for every row of ``h`` (the plain definition; used to check ``forward``)."""
+        return torch.relu(h @ self.w1[m] + self.b1[m]) @ self.w2[m] + self.b2[m]
+
+    def forward(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+        num_rows, num_experts = selection.shape
+        row, expert = selection.detach().nonzero(as_tuple=True)
+        order = torch.argsort(expert, stable=True)
+        row, expert = row[order], expert[order]
+        sizes = torch.bincount(expert, minlength=num_experts)
+        capacity = int(sizes.max())
+        slot = torch.arange(len(row), device=row.device) - (sizes.cumsum(0) - sizes)[expert]
+        # Pair p sits at [expert_p, slot_p]; padding slots hold zeros and point at a spare output row.
+        inputs = h.new_zeros(num_experts, capacity, h.shape[1]).index_put((expert, slot), h[row])
+        weights = selection.new_zeros(num_experts, capacity).index_put((expert, slot), selection[row, expert])
+        target = torch.full((num_experts, capacity), num_rows, device=row.device).index_put((expert, slot), row)
+        hidden = torch.relu(torch.baddbmm(self.b1.unsqueeze(1), inputs, self.w1)) * weights.unsqueeze(-1)
+        outputs = torch.bmm(hidden, self.w2)  # (M, capacity, d_out), already weighted by s
+        mixed = h.new_zeros(num_rows + 1, outputs.shape[-1]).index_add(0, target.reshape(-1), outputs.flatten(0, 1))
+        return mixed[:num_rows] + selection @ self.b2
+
+
+class DE(DistillLoss):
+    Config = DEConfig
+
+    def __init__(
+        self, config: DEConfig, teacher: TeacherOutputs, split: Split, student_repr_dim: int, seed: int = 0
+    ) -> None:
+        super().__init__(seed)
+        self.config = config
+        d_s, d_t = student_repr_dim, teacher.user_repr.shape[1]
+        # The authors' code narrows the hidden layer to d_s / 2 when student and teacher widths match.
+        default_hidden = d_s // 2 if d_s == d_t else (d_s + d_t) // 2
+        dims = (d_s, config.expert_hidden or default_hidden, d_t)
+        init = torch.Generator().manual_seed(seed)
+        self.experts = nn.ModuleDict({e: ExpertBank(config.num_experts, dims, init) for e in ENTITIES})
+        self.gate_weight = nn.ParameterDict(
+            {e: uniform_init((d_t, config.num_experts), d_t, init) for e in ENTITIES}
+        )
+        self.gate_bias = nn.ParameterDict({e: uniform_init((config.num_experts,), d_t, init) for e in ENTITIES})
+        self.register_buffer("user_repr", teacher.user_repr, persistent=False)
+        self.register_buffer("item_repr", teacher.item_repr, persistent=False)
+        self.tau = 1.0
+
+    def alpha(self, entity: str, teacher_repr: torch.Tensor) -> torch.Tensor:
+        """The selection network's distribution α^x (n, M) over experts."""
+        return torch.softmax(teacher_repr @ self.gate_weight[entity] + self.gate_bias[entity], dim=1)
+
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        super().on_epoch_start(epoch, generator)
+        self.tau = self.config.tau_end ** min(epoch / self.config.anneal_epochs, 1.0)
+
+    def reconstruct(self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
+        """Σ_m s^x_m E_m(h_s(x)) for the entities ``ids``, with fresh Gumbel noise."""
+        teacher_repr = (self.user_repr if entity == "user" else self.item_repr)[ids]
+        alpha = self.alpha(entity, teacher_repr)
+        noise = None
+        if self.config.selection == "gumbel":
+            noise = gumbel_noise(tuple(alpha.shape), self.generator).to(alpha.device)
+        return self.experts[entity](student_repr, expert_selection(alpha, self.tau, noise))
+
+    def forward(self, student: Recommender, batch: Batch) -> dict[str, torch.Tensor]:
+        users = torch.unique(batch.users)
+        # Positives and negatives count separately, as in the authors' code (an item may be in both).
+        items = torch.cat([torch.unique(batch.pos), torch.unique(batch.neg)])
+        user_loss = de_loss(self.user_repr[users], self.reconstruct("user", users, student.user_repr(users)))
+        item_loss = de_loss(self.item_repr[items], self.reconstruct("item", items, student.item_repr(items)))
+        return {"de": self.config.lambda_de * (user_loss + self.config.item_weight * item_loss)}
+
+    @torch.no_grad()
+    def selection_map(self, entity: str = "user") -> torch.Tensor:
+        """The expert each user (or item) is assigned to now: argmax_m α^x_m, a CPU (U,) or (I,) tensor."""
+        check_choice("entity", entity, ENTITIES)
+        teacher_repr = self.user_repr if entity == "user" else self.item_repr
+        return self.alpha(entity, teacher_repr).argmax(dim=1).cpu()
