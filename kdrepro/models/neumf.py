@@ -12,6 +12,8 @@ from torch import nn
 
 from kdrepro.models.base import Recommender, init_embedding
 
+SCORE_ALL_ELEMENTS = 1 << 25  # hidden activations held at once by score_all (~128 MB in float32)
+
 
 class NeuMF(Recommender):
     def __init__(self, num_users: int, num_items: int, dim: int) -> None:
@@ -46,11 +48,16 @@ class NeuMF(Recommender):
         w_user, w_item = first.weight[:, : self.dim], first.weight[:, self.dim :]
         hu = self.user_mlp(users) @ w_user.T + first.bias  # (B, dim)
         hi = self.item_mlp.weight @ w_item.T  # (I, dim)
-        hidden = torch.relu(hu.unsqueeze(1) + hi.unsqueeze(0))  # (B, I, dim)
-        hidden = self.mlp[3](self.mlp[2](hidden))  # (B, I, dim/2)
         w_gmf, w_mlp = self.predict.weight[0, : self.dim], self.predict.weight[0, self.dim :]
-        gmf = (self.user_gmf(users) * w_gmf) @ self.item_gmf.weight.T
-        return gmf + hidden @ w_mlp + self.predict.bias
+        scores = (self.user_gmf(users) * w_gmf) @ self.item_gmf.weight.T + self.predict.bias
+        # The (B, items, dim) hidden activations are built for a block of items at a time so that
+        # memory stays bounded (a whole batch at dim 250 would need ~26 GB).
+        block = max(1, SCORE_ALL_ELEMENTS // max(1, len(users) * self.dim))
+        for lo in range(0, self.num_items, block):
+            hidden = torch.relu(hu.unsqueeze(1) + hi[lo : lo + block].unsqueeze(0))  # (B, block, dim)
+            hidden = self.mlp[3](self.mlp[2](hidden))  # (B, block, dim/2)
+            scores[:, lo : lo + block] += hidden @ w_mlp
+        return scores
 
     def user_repr(self, users: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.user_gmf(users), self.user_mlp(users)], dim=-1)

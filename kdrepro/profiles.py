@@ -1,0 +1,94 @@
+"""Parameter sets per notebook: ``smoke``, ``quick`` and ``paper`` (plain dicts of literals).
+
+A notebook's own parameters cell holds the paper profile's values where that is practical; a profile
+overrides some of them. ``overrides(stem, profile, declared)`` merges the profile's common block
+(applied only to the names a notebook declares, so one block serves every chapter) with the notebook's
+own entries (which must be declared; ``run_all.py`` validates names and types before running).
+
+- ``smoke``: synthetic data, a few epochs, seconds per notebook — what the tests run.
+- ``quick``: real CiteULike, few epochs and one seed; the whole suite in about 15 minutes on a laptop
+  CPU. Absolute numbers are below the papers' (short training); orderings are what it shows.
+- ``paper``: the papers' protocol — up to 1000 epochs with early stopping (patience 20, validation every
+  epoch) and 3 seeds. Hours on 2 CPU cores for the heavier chapters; each notebook says where its
+  budget exceeds 30 minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+PROFILES = ("smoke", "quick", "paper")
+DEFAULT = "quick"
+
+# Applied to every notebook that declares the name.
+COMMON: dict[str, dict[str, object]] = {
+    "smoke": {
+        "DATASET": "synthetic",
+        "MIN_USER_INTERACTIONS": 0,  # synthetic data has no user filter
+        "NUM_NEGATIVES": 99,  # synthetic users have at least 300 unobserved items
+        "SEEDS": [0, 1],
+        "EPOCHS": 2,
+        "EVAL_EVERY": 1,
+        "PATIENCE": 0,
+        "DEVICE": "cpu",
+        "THREADS": 1,  # tiny models: one thread avoids thread start-up and contention costs
+    },
+    "quick": {
+        "DATASET": "citeulike-t",
+        "MIN_USER_INTERACTIONS": 5,
+        "NUM_NEGATIVES": 499,
+        "SEEDS": [0],
+        "EPOCHS": 40,
+        "EVAL_EVERY": 5,
+        "PATIENCE": 2,
+        # 40 epochs at the papers' lr 1e-3 leave BPR far from converged; 5e-3 gets most of the way. The
+        # teachers chapter 00 trains with these values are the ones the other chapters' quick runs load
+        # from the cache (same model, split and TrainConfig), so keep a chapter's teacher settings equal.
+        "LR": 0.005,
+    },
+    "paper": {
+        "DATASET": "citeulike-t",
+        "MIN_USER_INTERACTIONS": 5,
+        "NUM_NEGATIVES": 499,
+        "SEEDS": [0, 1, 2],
+        "EPOCHS": 1000,
+        "EVAL_EVERY": 1,
+        "PATIENCE": 20,
+    },
+}
+
+# Per notebook stem; every name here must be a parameter of that notebook.
+NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
+    "00_data_protocols_teachers": {
+        "smoke": {
+            "MODELS": ["bpr", "neumf", "lightgcn"],
+            "PROTOCOLS": ["loo_sampled", "loo_full"],
+            "TEACHER_DIMS": {"bpr": 32, "neumf": 32, "lightgcn": 32},
+            "STUDENT_DIMS": {"bpr": 8, "neumf": 8, "lightgcn": 8},
+        },
+        "quick": {
+            # One epoch of LightGCN (full-graph propagation per batch) or NeuMF-250 costs tens of seconds on
+            # 2 CPU cores, and NeuMF-250's full ranking needs more memory than a laptop has: the quick tier
+            # trains BPR-MF only; the paper tier trains all three.
+            "MODELS": ["bpr"],
+            "PROTOCOLS": ["loo_sampled", "loo_full"],
+        },
+        "paper": {
+            "MODELS": ["bpr", "neumf", "lightgcn"],
+            "PROTOCOLS": ["loo_sampled", "loo_full"],
+        },
+    },
+}
+
+
+def overrides(stem: str, profile: str, declared: Iterable[str] | None = None) -> dict[str, object]:
+    """The parameter overrides of notebook ``stem`` under ``profile``.
+
+    ``declared``: the notebook's parameter names; common entries it does not declare are dropped.
+    Without it, every common entry is returned.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    names = None if declared is None else set(declared)
+    common = {k: v for k, v in COMMON[profile].items() if names is None or k in names}
+    return {**common, **NOTEBOOKS.get(stem, {}).get(profile, {})}
