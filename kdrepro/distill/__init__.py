@@ -56,7 +56,7 @@ def parse(spec: str) -> list[str]:
     names = [name.strip().lower() for name in spec.split("+")]
     unknown = [name for name in names if name not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown} in {spec!r}; choose from {sorted(METHODS)}, joined by '+'")
+        raise ValueError(f"unknown method(s) {unknown} in {spec!r}; join names of {sorted(METHODS)} by '+'")
     if len(set(names)) != len(names):
         raise ValueError(f"{spec!r} names a method twice")
     return names
@@ -70,7 +70,7 @@ def make_config(name: str, config: object = None) -> object:
     if isinstance(config, dict):
         return dataclasses.replace(cls(), **config)
     if not isinstance(config, cls):
-        raise TypeError(f"config for {name!r} must be a {cls.__name__} or a dict, got {type(config).__name__}")
+        raise TypeError(f"config for {name!r} must be a {cls.__name__} or a dict of overrides")
     return config
 
 
@@ -99,5 +99,7 @@ def build(
     return methods[0] if len(methods) == 1 else Combined(methods)
 
 
-__all__ = ["CONFIGS", "METHODS", "CD", "CDConfig", "Combined", "DE", "DEConfig", "DistillLoss", "RD", "RDConfig",
-           "RRD", "RRDConfig", "build", "make_config", "parse"]
+__all__ = [
+    "CONFIGS", "METHODS", "CD", "CDConfig", "Combined", "DE", "DEConfig", "DistillLoss", "RD", "RDConfig",
+    "RRD", "RRDConfig", "build", "make_config", "parse",
+]

@@ -76,7 +76,7 @@ def gumbel_top_k(log_weights: torch.Tensor, k: int, generator: torch.Generator) 
 
 
 class PairSet:
-    """Membership test for (user, item) pairs by binary search over sorted keys ``user · num_items + item``."""
+    """Membership of (user, item) pairs: binary search over the sorted keys ``user · num_items + item``."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, num_items: int) -> None:
         self.num_items = num_items

@@ -59,7 +59,7 @@ class CDConfig:
 
 
 def soft_label_bce(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """−Σ mask · [q log σ(s) + (1 − q) log σ(−s)] over (B, S) ``scores``, soft ``labels`` q and 0/1 ``mask``."""
+    """−Σ mask · [q log σ(s) + (1 − q) log σ(−s)]: (B, S) ``scores``, soft ``labels`` q, 0/1 ``mask``."""
     return -(mask * (labels * F.logsigmoid(scores) + (1 - labels) * F.logsigmoid(-scores))).sum()
 
 
@@ -88,9 +88,8 @@ class CD(DistillLoss):
         self.num_items = split.num_items
         self.register_buffer("teacher_topk", teacher_topk(teacher, config.top_n, "CD"), persistent=False)
         ranks = torch.arange(config.top_n, dtype=torch.float32)
-        self.register_buffer(
-            "labels", torch.sigmoid((config.label_center - ranks) / config.label_temperature), persistent=False
-        )
+        labels = torch.sigmoid((config.label_center - ranks) / config.label_temperature)
+        self.register_buffer("labels", labels, persistent=False)
 
     @torch.no_grad()
     def sample(self, student: Recommender, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

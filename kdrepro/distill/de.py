@@ -20,7 +20,9 @@ large expert" (e.g. ``expert_hidden = 30 × 110`` to match the parameters of 30 
 
 Speed: the mixture only evaluates the (entity, expert) pairs with a non-zero weight. Once τ is small the
 Gumbel-softmax underflows to exact zeros, so this is exact (a zero weight contributes nothing to the value
-nor to any gradient) and the cost falls from M experts per entity to about one.
+nor to any gradient) and the cost falls from M experts per entity to about one. With the default schedule
+(M = 30, 1000 annealing epochs) every expert still runs on every entity up to epoch ~130 (τ ≈ 0.05), as in
+the authors' code; about 15 do at epoch 150, 2–3 at epoch 200 and one from epoch ~300 on.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def expert_selection(alpha: torch.Tensor, tau: float, noise: torch.Tensor | None
 class ExpertBank(nn.Module):
     """M two-layer experts E_m(h) = W2_m ReLU(W1_m h + b1_m) + b2_m, stored as stacked tensors.
 
-    ``forward(h, selection)`` returns Σ_m s_m E_m(h) per row, evaluating only the (row, expert) pairs
-    whose weight is non-zero: the pairs are grouped by expert and padded to the largest group, so two
-    batched matrix products serve every expert at once.
+    ``forward(h, selection)`` returns Σ_m s_m E_m(h) per row. While most weights are non-zero (τ near 1,
+    or attention) every expert runs on every row as two large matrix products (``mix_dense``); once the
+    selection is sparse only the (row, expert) pairs with a non-zero weight are evaluated
+    (``mix_sparse``). Both are exact: a zero weight contributes nothing to the value nor to any gradient.
     """
 
     def __init__(self, num_experts: int, dims: tuple[int, int, int], generator: torch.Generator) -> None:
@@ -96,20 +99,52 @@ class ExpertBank(nn.Module):
         return torch.relu(h @ self.w1[m] + self.b1[m]) @ self.w2[m] + self.b2[m]
 
     def forward(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+        expert, row = selection.detach().t().nonzero(as_tuple=True)  # sorted by expert
+        if 2 * len(row) >= selection.numel():
+            return self.mix_dense(h, selection)
+        return self.mix_sparse(h, selection, row, expert)
+
+    def mix_dense(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+        """Σ_m s_m E_m(h) with all experts side by side: ReLU(h W1_all) scaled by s, times the stacked W2."""
+        num_experts, d_in, hidden_dim = self.w1.shape
+        w1 = self.w1.transpose(0, 1).reshape(d_in, num_experts * hidden_dim)
+        hidden = torch.relu(torch.addmm(self.b1.reshape(-1), h, w1)).view(len(h), num_experts, hidden_dim)
+        scaled = (hidden * selection.unsqueeze(-1)).view(len(h), num_experts * hidden_dim)
+        return scaled @ self.w2.reshape(num_experts * hidden_dim, -1) + selection @ self.b2
+
+    def mix_sparse(
+        self, h: torch.Tensor, selection: torch.Tensor, row: torch.Tensor, expert: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_m s_m E_m(h) over the given non-zero (row, expert) pairs only, sorted by expert.
+
+        The pairs are laid out in padded chunks, each chunk belonging to one expert,
+        so that two batched matrix products serve every expert at once. Balanced groups get one chunk per
+        expert; when an expert takes more than twice the mean, groups are cut into chunks of the mean size
+        (each gathering its expert's weights), so the work stays within twice the number of pairs.
+        """
         num_rows, num_experts = selection.shape
-        row, expert = selection.detach().nonzero(as_tuple=True)
-        order = torch.argsort(expert, stable=True)
-        row, expert = row[order], expert[order]
         sizes = torch.bincount(expert, minlength=num_experts)
-        capacity = int(sizes.max())
-        slot = torch.arange(len(row), device=row.device) - (sizes.cumsum(0) - sizes)[expert]
-        # Pair p sits at [expert_p, slot_p]; padding slots hold zeros and point at a spare output row.
-        inputs = h.new_zeros(num_experts, capacity, h.shape[1]).index_put((expert, slot), h[row])
-        weights = selection.new_zeros(num_experts, capacity).index_put((expert, slot), selection[row, expert])
-        target = torch.full((num_experts, capacity), num_rows, device=row.device).index_put((expert, slot), row)
-        hidden = torch.relu(torch.baddbmm(self.b1.unsqueeze(1), inputs, self.w1)) * weights.unsqueeze(-1)
-        outputs = torch.bmm(hidden, self.w2)  # (M, capacity, d_out), already weighted by s
-        mixed = h.new_zeros(num_rows + 1, outputs.shape[-1]).index_add(0, target.reshape(-1), outputs.flatten(0, 1))
+        mean_size, largest = -(-len(row) // num_experts), int(sizes.max())
+        balanced = largest <= 2 * mean_size
+        chunk_size = largest if balanced else mean_size
+        chunks_per_expert = torch.ones_like(sizes) if balanced else -(-sizes // chunk_size)
+        first_chunk = chunks_per_expert.cumsum(0) - chunks_per_expert
+        rank = torch.arange(len(row), device=row.device) - (sizes.cumsum(0) - sizes)[expert]
+        chunk, slot = first_chunk[expert] + rank // chunk_size, rank % chunk_size
+        shape = (int(chunks_per_expert.sum()), chunk_size)
+        if balanced:
+            w1, b1, w2 = self.w1, self.b1, self.w2
+        else:
+            chunk_expert = torch.arange(num_experts, device=row.device).repeat_interleave(chunks_per_expert)
+            w1, b1, w2 = self.w1[chunk_expert], self.b1[chunk_expert], self.w2[chunk_expert]
+        # Pair p sits at [chunk_p, slot_p]; empty slots hold zeros and point at a spare output row.
+        inputs = h.new_zeros(*shape, h.shape[1]).index_put((chunk, slot), h[row])
+        weights = selection.new_zeros(shape).index_put((chunk, slot), selection[row, expert])
+        target = torch.full(shape, num_rows, device=row.device).index_put((chunk, slot), row)
+        hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), inputs, w1))
+        outputs = torch.bmm(hidden * weights.unsqueeze(-1), w2)  # already weighted by s
+        mixed = h.new_zeros(num_rows + 1, outputs.shape[-1])
+        mixed = mixed.index_add(0, target.reshape(-1), outputs.flatten(0, 1))
         return mixed[:num_rows] + selection @ self.b2
 
 
@@ -127,10 +162,10 @@ class DE(DistillLoss):
         dims = (d_s, config.expert_hidden or default_hidden, d_t)
         init = torch.Generator().manual_seed(seed)
         self.experts = nn.ModuleDict({e: ExpertBank(config.num_experts, dims, init) for e in ENTITIES})
-        self.gate_weight = nn.ParameterDict(
-            {e: uniform_init((d_t, config.num_experts), d_t, init) for e in ENTITIES}
-        )
-        self.gate_bias = nn.ParameterDict({e: uniform_init((config.num_experts,), d_t, init) for e in ENTITIES})
+        # The selection networks Linear(d_t → M) + softmax, one per side.
+        m = config.num_experts
+        self.gate_weight = nn.ParameterDict({e: uniform_init((d_t, m), d_t, init) for e in ENTITIES})
+        self.gate_bias = nn.ParameterDict({e: uniform_init((m,), d_t, init) for e in ENTITIES})
         self.register_buffer("user_repr", teacher.user_repr, persistent=False)
         self.register_buffer("item_repr", teacher.item_repr, persistent=False)
         self.tau = 1.0
