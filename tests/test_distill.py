@@ -19,7 +19,7 @@ from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
 from kdrepro.train import Batch, NegativeSampler, TrainConfig, fit
 
-SPECS = [*METHODS, "de+rrd"]
+SPECS = [*METHODS, "de+rrd", "rrd+ir"]
 TOP_N = 50  # the test teacher's ranking length
 # Methods reading the teacher's ranking use its 50 entries; other defaults already fit the small data.
 SMALL = {name: {"top_n": TOP_N} for name, config in CONFIGS.items() if "top_n" in config.__dataclass_fields__}

@@ -20,6 +20,8 @@ from torch import nn
 from kdrepro.distill.base import DistillLoss
 from kdrepro.distill.cd import CD, CDConfig
 from kdrepro.distill.de import DE, DEConfig
+from kdrepro.distill.ir import IR, IRConfig
+from kdrepro.distill.phr import PHR, PHRConfig
 from kdrepro.distill.rd import RD, RDConfig
 from kdrepro.distill.rrd import RRD, RRDConfig
 
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from kdrepro.teachers import TeacherOutputs
     from kdrepro.train import Batch
 
-METHODS: dict[str, type[DistillLoss]] = {"de": DE, "rrd": RRD, "rd": RD, "cd": CD}
+# "de+rrd" is DE-RRD and "rrd+ir" is IR-RRD: combinations, not separate implementations.
+METHODS: dict[str, type[DistillLoss]] = {"de": DE, "rrd": RRD, "rd": RD, "cd": CD, "phr": PHR, "ir": IR}
 CONFIGS = {name: method.Config for name, method in METHODS.items()}
 
 
