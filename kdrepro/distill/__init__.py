@@ -20,6 +20,9 @@ from torch import nn
 from kdrepro.distill.base import DistillLoss
 from kdrepro.distill.cd import CD, CDConfig
 from kdrepro.distill.de import DE, DEConfig
+from kdrepro.distill.fitnet import FitNet, FitNetConfig
+from kdrepro.distill.ftd import FTD, FTDConfig
+from kdrepro.distill.htd import HTD, HTDConfig
 from kdrepro.distill.ir import IR, IRConfig
 from kdrepro.distill.phr import PHR, PHRConfig
 from kdrepro.distill.rd import RD, RDConfig
@@ -31,8 +34,11 @@ if TYPE_CHECKING:
     from kdrepro.teachers import TeacherOutputs
     from kdrepro.train import Batch
 
-# "de+rrd" is DE-RRD and "rrd+ir" is IR-RRD: combinations, not separate implementations.
-METHODS: dict[str, type[DistillLoss]] = {"de": DE, "rrd": RRD, "rd": RD, "cd": CD, "phr": PHR, "ir": IR}
+# "de+rrd" is DE-RRD, "rrd+ir" is IR-RRD and "ftd+de" is TD's FTD+DE ablation: combinations, not
+# separate implementations.
+METHODS: dict[str, type[DistillLoss]] = {
+    "de": DE, "rrd": RRD, "rd": RD, "cd": CD, "phr": PHR, "ir": IR, "fitnet": FitNet, "ftd": FTD, "htd": HTD,
+}
 CONFIGS = {name: method.Config for name, method in METHODS.items()}
 
 
