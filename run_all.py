@@ -55,6 +55,8 @@ KERNEL = "kdrepro"
 # The chapters, in reading order (stems of notebooks/<stem>.ipynb).
 NOTEBOOKS: list[str] = [
     "00_data_protocols_teachers",
+    "01_distillation_experts",
+    "04_relaxed_ranking_distillation",
 ]
 
 PACKAGES = (

@@ -78,6 +78,70 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "PROTOCOLS": ["loo_sampled", "loo_full"],
         },
     },
+    "01_distillation_experts": {
+        "smoke": {
+            "SEEDS": [0],
+            "MODELS": ["bpr", "neumf"],
+            "TEACHER_DIMS": {"bpr": 32, "neumf": 32},
+            "STUDENT_DIMS": {"bpr": 8, "neumf": 8},
+            "NUM_EXPERTS": 4,
+            "ANNEAL_EPOCHS": 2,
+            "PHIS": [0.25, 1.0],
+            "SELECTION_EPOCHS": [0, 1, 2],
+            "SELECTION_USERS": 50,
+            "LAMBDAS_DE": [0.001, 0.01],
+            "EXPERT_COUNTS": [1, 4],
+        },
+        "quick": {
+            # BPR-MF only (NeuMF-250 costs tens of seconds an epoch on 2 cores); teachers and undistilled
+            # students load from chapter 00's quick cache. tau is annealed over the short run. Two points
+            # per sweep, one of them the main DE run (loaded from this chapter's cache).
+            "MODELS": ["bpr"],
+            "ANNEAL_EPOCHS": 40,
+            "PHIS": [0.1, 1.0],
+            "SELECTION_EPOCHS": [0, 5, 10, 20, 40],
+            "LAMBDAS_DE": [0.001, 0.01],
+            "EXPERT_COUNTS": [5, 30],
+        },
+        "paper": {
+            "MODELS": ["bpr", "neumf"],
+        },
+    },
+    "04_relaxed_ranking_distillation": {
+        "smoke": {
+            "SEEDS": [0],
+            "MODELS": ["bpr", "neumf"],
+            "TEACHER_DIMS": {"bpr": 32, "neumf": 32},
+            "STUDENT_DIMS": {"bpr": 8, "neumf": 8},
+            "NUM_EXPERTS": 4,
+            "ANNEAL_EPOCHS": 2,
+            "RRD_TOP_N": 50,
+            "RRD_K": 10,
+            "RRD_L": 10,
+            "EFFICIENCY_PHIS": [1.0, 0.25],
+            "RATIO_PHIS": [0.25],
+            "GRID_LAMBDA_DE": [0.001, 0.01],
+            "GRID_LAMBDA_RRD": [0.001, 0.01],
+            "LAMBDAS_RRD": [0.001, 0.01],
+            "RRD_KS": [5, 10],
+        },
+        "quick": {
+            # BPR-MF only; teachers, undistilled students and DE load from chapters 00 and 01 (same settings:
+            # keep ANNEAL_EPOCHS equal to chapter 01's). Table 3 times every size but trains DE-RRD at
+            # phi 0.1 only (the main run); two-point grids, each through the main setting (cached).
+            "MODELS": ["bpr"],
+            "ANNEAL_EPOCHS": 10,
+            "RATIO_PHIS": [0.1],
+            "RRD_VARIANTS": ["RRD", "(d) Full ranking", "(e) Interesting ranking"],
+            "GRID_LAMBDA_DE": [0.01],
+            "GRID_LAMBDA_RRD": [0.001, 0.01],
+            "LAMBDAS_RRD": [0.001, 0.01],
+            "RRD_KS": [20, 40],
+        },
+        "paper": {
+            "MODELS": ["bpr", "neumf"],
+        },
+    },
 }
 
 

@@ -424,3 +424,157 @@ def training_curves_by(histories: pd.DataFrame, metric: str, col: str = "protoco
             ax.set_title(f"{col} = {value}")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures of the distillation chapters: sweeps, heatmaps, expert-selection maps
+# --------------------------------------------------------------------------------------------------
+
+
+def sweep_plot(
+    results: pd.DataFrame,
+    x: str,
+    metrics: Iterable[str] = ("HR@5", "NDCG@5"),
+    *,
+    hue: str = "method",
+    row: str = "base",
+    reference: pd.DataFrame | None = None,
+    log_x: bool = False,
+) -> Figure:
+    """Mean test ``metrics`` (error bars: std over seeds) against the swept column ``x``.
+
+    One panel per (``row`` value, metric), one line per ``hue`` value. ``reference``: long-form results
+    without ``x`` (the teacher, the student without KD) drawn as dashed horizontal lines at their mean.
+    """
+    metrics = list(metrics)
+    rows = list(dict.fromkeys(results[row])) if row in results else [None]
+    fig, axes = plt.subplots(len(rows), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(rows)), squeeze=False)
+    plt.close(fig)
+    palette = dict(zip(dict.fromkeys(results[hue]), sns.color_palette("deep"), strict=False))
+    for i, value in enumerate(rows):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            data = results[(results["metric"] == metric) & ((results[row] == value) if value is not None else True)]
+            stats = data.groupby([hue, x], sort=False)["value"].agg(["mean", "std"]).reset_index()
+            for name, line in stats.groupby(hue, sort=False):
+                line = line.sort_values(x)
+                ax.errorbar(line[x], line["mean"], yerr=line["std"].fillna(0), marker="o", markersize=4,
+                            capsize=3, label=str(name), color=palette.get(name))
+            if reference is not None and len(reference):
+                ref = reference[(reference["metric"] == metric)
+                                & ((reference[row] == value) if value is not None else True)]
+                styles = iter(["--", ":", "-."] * 3)
+                for name, mean in ref.groupby(hue, sort=False)["value"].mean().items():
+                    ax.axhline(mean, linestyle=next(styles), color="grey", linewidth=1.2, label=f"{name}")
+            if log_x:
+                ax.set_xscale("log")
+            ticks = sorted(dict.fromkeys(data[x].dropna()))
+            if ticks:
+                ax.set_xticks(ticks)
+                ax.set_xticklabels([f"{t:g}" if isinstance(t, int | float | np.number) else str(t) for t in ticks])
+                ax.minorticks_off()
+            ax.set_xlabel(x)
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(metric if value is None else f"{value} · {metric}")
+            ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def heatmaps(panels: Mapping[str, pd.DataFrame], fmt: str = ".4f", cmap: str = "viridis") -> Figure:
+    """One annotated heatmap per matrix of ``panels`` (``{title: DataFrame}``), each on its own colour scale.
+
+    Row and column labels are the matrices' index and columns (numbers printed with ``:g``).
+    """
+    count = max(len(panels), 1)
+    fig, axes = plt.subplots(1, count, figsize=(4.6 * count, 3.8), squeeze=False)
+    plt.close(fig)
+    for ax, (title, matrix) in zip(axes[0], panels.items(), strict=False):
+        labels = matrix.copy()
+        labels.index = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.index]
+        labels.columns = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.columns]
+        sns.heatmap(labels.astype(float), annot=True, fmt=fmt, cmap=cmap, cbar=False, ax=ax,
+                    annot_kws={"fontsize": "small"})
+        ax.set_ylabel(matrix.index.name or "")
+        ax.set_xlabel(matrix.columns.name or "")
+        ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def _expert_colours(count: int):
+    from matplotlib.colors import ListedColormap
+
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors, *plt.get_cmap("tab20c").colors]
+    if count > len(colours):
+        colours = [plt.get_cmap("hsv")(i / count) for i in range(count)]
+    return ListedColormap(colours[:count])
+
+
+def selection_map_plot(frame: pd.DataFrame, num_experts: int | None = None, ax=None) -> Figure:
+    """The expert each user (rows) selects after each epoch (columns): one colour per expert (Fig. 6).
+
+    ``frame``: from ``experiments.selection_map`` (users sorted by their final expert, so that groups of
+    users sharing an expert form bands once the selection has settled).
+    """
+    fig, ax = _axes(ax, figsize=(max(4.0, 0.7 * frame.shape[1] + 2.5), 5.0))
+    count = num_experts or int(np.nanmax(frame.to_numpy())) + 1
+    image = ax.imshow(frame.to_numpy(), aspect="auto", interpolation="nearest", cmap=_expert_colours(count),
+                      vmin=-0.5, vmax=count - 0.5)
+    ax.set_xticks(range(frame.shape[1]))
+    ax.set_xticklabels([str(c) for c in frame.columns])
+    ax.set_yticks([])
+    ax.set_xlabel("epochs of training")
+    ax.set_ylabel(f"{len(frame)} sampled users (sorted by final expert)")
+    bar = fig.colorbar(image, ax=ax, fraction=0.05)
+    bar.locator = plt.MaxNLocator(integer=True)
+    bar.update_ticks()
+    bar.set_label("selected expert")
+    return fig
+
+
+def selection_dynamics(summary: pd.DataFrame) -> Figure:
+    """Two panels from ``experiments.selection_summary``: how settled the selection is (share of users
+    that changed expert, usage entropy) and how alike the users sharing an expert are (cosine of their
+    teacher representations, against all user pairs)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    plt.close(fig)
+    for column, label in (("changed", "users that changed expert"), ("usage_entropy", "usage entropy (normalised)")):
+        axes[0].plot(summary["epoch"], summary[column], marker="o", markersize=3, label=label)
+    axes[0].set_xlabel("epochs of training")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(frameon=False, fontsize="small")
+    for column, label in (("within_expert_cosine", "users sharing an expert"), ("all_pairs_cosine", "all user pairs")):
+        axes[1].plot(summary["epoch"], summary[column], marker="o", markersize=3, label=label)
+    axes[1].set_xlabel("epochs of training")
+    axes[1].set_ylabel("mean cosine of teacher representations")
+    axes[1].legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def ranked_view(table: pd.DataFrame, precision: int = 4):
+    """Display version of ``experiments.design_choice_table``: one row per (base, variant); per metric our
+    mean ± std and the paper's value, each followed by its rank among the variants (1 = best)."""
+    view = table.copy()
+    view["ours"] = [
+        f"{format_mean_std(m, s, precision)} ({int(r)})"
+        for m, s, r in zip(view["ours_mean"], view["ours_std"], view["ours_rank"], strict=True)
+    ]
+    source = next((d for d in view.get("paper_dataset", []) if isinstance(d, str) and d), "")
+    paper_label = f"paper ({source})" if source else "paper"
+    view[paper_label] = [
+        "–" if pd.isna(p) else f"{p:.{precision}f} ({int(r)})"
+        for p, r in zip(view["paper"], view["paper_rank"], strict=True)
+    ]
+    metrics = list(dict.fromkeys(view["metric"]))
+    order = view[["base", "variant"]].drop_duplicates()
+    wide = view.pivot(index=["base", "variant"], columns="metric", values=["ours", paper_label])
+    wide = wide.swaplevel(0, 1, axis=1).reindex(columns=pd.MultiIndex.from_product([metrics, ["ours", paper_label]]))
+    wide = wide.reindex(pd.MultiIndex.from_frame(order)).fillna("").reset_index()
+    text = [c for c in wide.columns if c[0] in ("base", "variant")]
+    return (
+        wide.style.set_properties(subset=text, **{"text-align": "left"})
+        .hide(axis="index")
+        .set_table_styles([{"selector": "td", "props": "white-space: nowrap;"}])
+    )

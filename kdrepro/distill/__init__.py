@@ -109,6 +109,7 @@ def build(
 
 
 __all__ = [
-    "CONFIGS", "METHODS", "CD", "CDConfig", "Combined", "DE", "DEConfig", "DistillLoss", "RD", "RDConfig",
+    "CONFIGS", "METHODS", "CD", "CDConfig", "Combined", "DE", "DEConfig", "DistillLoss", "FTD", "FTDConfig",
+    "FitNet", "FitNetConfig", "HTD", "HTDConfig", "IR", "IRConfig", "PHR", "PHRConfig", "RD", "RDConfig",
     "RRD", "RRDConfig", "build", "make_config", "parse",
 ]
