@@ -403,7 +403,7 @@ RRD_DESIGN_CHOICES: dict[str, dict[str, object]] = {
     "RRD": {},
     "(d) Full ranking": {"ranking": "full"},
     "(e) Interesting ranking": {"ranking": "interesting_only"},
-    "RRD without sampling (teacher's top-K)": {"sampling": "none"},
+    "RRD top-K (no sampling)": {"sampling": "none"},
 }
 _DESIGN_TABLES = {"DE": DE_DESIGN_CHOICES, "RRD": RRD_DESIGN_CHOICES}
 
@@ -702,12 +702,15 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
     digest = _kd_code_digest()
     jobs = [(b, s, r) for b in setting.bases for s in setting.seeds for r in runs]
     results, histories, fits = [], [], []
-    models, selections, outputs_by = {}, {}, {}
+    models, selections, outputs_by, teachers_by = {}, {}, {}, {}
     for number, (base, seed, run) in enumerate(jobs, start=1):
         started = time.time()
-        teacher_config = ModelConfig(base, setting.teacher_dims[base])
         train_config = train_config_for(base, setting.train_config)
-        teacher = teachers.get(teacher_config, split, train_config, seed, cache_dir=setting.cache_dir)
+        if (base, seed) not in teachers_by:
+            teacher_config = ModelConfig(base, setting.teacher_dims[base])
+            teachers_by[(base, seed)] = teachers.get(teacher_config, split, train_config, seed,
+                                                     cache_dir=setting.cache_dir)
+        teacher = teachers_by[(base, seed)]
         if run.phi is not None:
             dim = max(1, round(run.phi * setting.teacher_dims[base]))
         else:
@@ -728,9 +731,9 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
             kd_parameters = metrics.get("kd_parameters", 0)
         keys = {"dataset": split.dataset, "protocol": split.protocol, "base": base, "method": run.method,
                 **run.keys, "seed": seed}
-        label = " ".join(f"{k}={v}" for k, v in run.keys.items())
+        label = " ".join([f"{base}-{dim}", run.method, *(f"{k}={v}" for k, v in run.keys.items())])
         how = "loaded from cache" if cached else f"trained in {time.time() - started:.1f} s"
-        print(f"[{number}/{len(jobs)}] {base}-{dim} {run.method} {label} seed {seed}: {how}, "
+        print(f"[{number}/{len(jobs)}] {label} seed {seed}: {how}, "
               f"best epoch {metrics['best_epoch']}, test HR@5 {metrics['test'].get('HR@5', float('nan')):.4f}",
               flush=True)
         results.append(long_results(metrics["test"], **keys))
@@ -906,8 +909,9 @@ def efficiency_table(
         ours = of_base[of_base["method"] == method]
         for phi in phis:
             dim = max(1, round(phi * teacher_dims[base]))
-            torch.manual_seed(0)
-            model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
             value = ours[np.isclose(ours["phi"], phi)]["value"].mean() if "phi" in ours else np.nan
             match = paper[(paper["dataset"] == dataset) & (paper["base"] == PAPER_BASES.get(base, base))
                           & np.isclose(paper["phi"], phi)]

@@ -94,14 +94,18 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         },
         "quick": {
             # BPR-MF only (NeuMF-250 costs tens of seconds an epoch on 2 cores); teachers and undistilled
-            # students load from chapter 00's quick cache. tau is annealed over the short run. Two points
-            # per sweep, one of them the main DE run (loaded from this chapter's cache).
+            # students load from chapter 00's quick cache. While tau is large every expert runs on every
+            # entity (~15-30 s an epoch on 2 cores, against ~1.5 s once one expert is selected), so tau is
+            # annealed over the first 10 epochs, and the variants that run all experts all the time
+            # ((a) attention, (b) one large expert) are left to the paper profile. Two points per sweep,
+            # one of them a run already made (loaded from this chapter's cache). Estimated ~6 min.
             "MODELS": ["bpr"],
-            "ANNEAL_EPOCHS": 40,
+            "ANNEAL_EPOCHS": 10,
+            "DESIGN_VARIANTS": ["DE", "(c) One expert (small)"],
             "PHIS": [0.1, 1.0],
-            "SELECTION_EPOCHS": [0, 5, 10, 20, 40],
-            "LAMBDAS_DE": [0.001, 0.01],
-            "EXPERT_COUNTS": [5, 30],
+            "SELECTION_EPOCHS": [0, 1, 2, 3, 5, 10, 40],
+            "LAMBDAS_DE": [0.01, 0.1],
+            "EXPERT_COUNTS": [1, 30],
         },
         "paper": {
             "MODELS": ["bpr", "neumf"],
@@ -128,13 +132,15 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         "quick": {
             # BPR-MF only; teachers, undistilled students and DE load from chapters 00 and 01 (same settings:
             # keep ANNEAL_EPOCHS equal to chapter 01's). Table 3 times every size but trains DE-RRD at
-            # phi 0.1 only (the main run); two-point grids, each through the main setting (cached).
+            # phi 0.1 only (the main run). A DE-RRD fit is the costliest (~2 min on 2 cores), so the lambda
+            # grid is the main run's cell only (RRD's own lambda sweep shows lambda_RRD's effect); the
+            # sweeps pass through the main run. Estimated ~6 min with chapters 00 and 01 cached.
             "MODELS": ["bpr"],
             "ANNEAL_EPOCHS": 10,
             "RATIO_PHIS": [0.1],
             "RRD_VARIANTS": ["RRD", "(d) Full ranking", "(e) Interesting ranking"],
             "GRID_LAMBDA_DE": [0.01],
-            "GRID_LAMBDA_RRD": [0.001, 0.01],
+            "GRID_LAMBDA_RRD": [0.001],
             "LAMBDAS_RRD": [0.001, 0.01],
             "RRD_KS": [20, 40],
         },
