@@ -98,7 +98,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             # entity (~15-30 s an epoch on 2 cores, against ~1.5 s once one expert is selected), so tau is
             # annealed over the first 10 epochs, and the variants that run all experts all the time
             # ((a) attention, (b) one large expert) are left to the paper profile. Two points per sweep,
-            # one of them a run already made (loaded from this chapter's cache). Estimated ~6 min.
+            # one of them a run already made (loaded from this chapter's cache). 8 min measured on a busy
+            # 2-core machine with chapter 00's teacher cached.
             "MODELS": ["bpr"],
             "ANNEAL_EPOCHS": 10,
             "DESIGN_VARIANTS": ["DE", "(c) One expert (small)"],
@@ -134,7 +135,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             # keep ANNEAL_EPOCHS equal to chapter 01's). Table 3 times every size but trains DE-RRD at
             # phi 0.1 only (the main run). A DE-RRD fit is the costliest (~2 min on 2 cores), so the lambda
             # grid is the main run's cell only (RRD's own lambda sweep shows lambda_RRD's effect); the
-            # sweeps pass through the main run. Estimated ~6 min with chapters 00 and 01 cached.
+            # sweeps pass through the main run. 10 min measured on a busy 2-core machine with chapters 00
+            # and 01 cached.
             "MODELS": ["bpr"],
             "ANNEAL_EPOCHS": 10,
             "RATIO_PHIS": [0.1],
