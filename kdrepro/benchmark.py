@@ -8,7 +8,12 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
 - ``eval_full_all_users_s``: full-ranking evaluation of all 5,219 users (dim 200, top-50, training
   items masked), ``loo_full`` test.
 - ``eval_loo_sampled_s``: ``loo_sampled`` test evaluation (1 + 499 candidates per user, dim 200).
-- ``peak_rss_mb``-style memory figures are not seconds and are reported on stderr only.
+- ``<method>_epoch_s``: one training epoch of a BPR dim-20 student with a distillation method (teacher:
+  BPR dim 200 briefly trained; its quality does not change the cost). ``de_epoch_s`` /
+  ``htd_epoch_s`` time the early regime where every expert runs on every entity (τ ≈ 1);
+  ``de_annealed_epoch_s`` / ``htd_annealed_epoch_s`` the regime once selection is one-hot.
+  ``--no-methods`` skips them.
+- Peak memory is not seconds and is reported on stderr only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from kdrepro import data, splits
 from kdrepro.evaluate import evaluate
 from kdrepro.models import ModelConfig, build
+from kdrepro.teachers import compute_outputs
 from kdrepro.train import TrainConfig, fit
 
 
@@ -43,11 +49,40 @@ def bpr_epoch_seconds(split: splits.Split, dim: int, repeats: int) -> float:
     return min(h["train_s"] for h in result.history[1:])
 
 
+# figure name → (protocol of its chapter, registry spec, per-method config overrides)
+METHOD_FIGURES = {
+    "rrd_epoch_s": ("loo_sampled", "rrd", {}),
+    "de_epoch_s": ("loo_sampled", "de", {}),
+    "de_annealed_epoch_s": ("loo_sampled", "de", {"de": {"anneal_epochs": 1}}),
+    "irrrd_epoch_s": ("loo_sampled", "rrd+ir", {}),
+    "phr_epoch_s": ("loo_full", "phr", {}),
+    "ftd_epoch_s": ("loo_full", "ftd", {}),
+    "htd_epoch_s": ("loo_full", "htd", {}),
+    "htd_annealed_epoch_s": ("loo_full", "htd", {"htd": {"anneal_epochs": 1}}),
+}
+
+
+def method_epoch_seconds(sampled: splits.Split, full: splits.Split) -> dict[str, float]:
+    from kdrepro.distill.bench import epoch_seconds
+
+    outputs = {}
+    for split in (sampled, full):
+        teacher = fit(ModelConfig("bpr", 200), split, TrainConfig(epochs=2, eval_every=10**6, patience=0,
+                                                                  progress=False, device="cpu"))
+        outputs[split.protocol] = compute_outputs(teacher.model, split)
+    chosen = {"loo_sampled": sampled, "loo_full": full}
+    return {
+        name: epoch_seconds(spec, chosen[protocol], outputs[protocol], repeats=1, **configs)
+        for name, (protocol, spec, configs) in METHOD_FIGURES.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2)")
     parser.add_argument("--dataset", default="citeulike-t", choices=["citeulike-t", "synthetic"])
+    parser.add_argument("--no-methods", action="store_true", help="skip the distillation-method epochs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -68,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["eval_full_all_users_s"] = _best(lambda: evaluate(model, full, "test"), args.repeats)
     evaluate(model, sampled, "test")
     figures["eval_loo_sampled_s"] = _best(lambda: evaluate(model, sampled, "test"), args.repeats)
+
+    if not args.no_methods:
+        figures.update(method_epoch_seconds(sampled, full))
 
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
