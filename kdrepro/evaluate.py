@@ -108,8 +108,9 @@ def _evaluate_sampled(model, split, held_users, held_items, names, ks, batch_siz
         cands = torch.as_tensor(candidates[lo : lo + chunk], device=device)
         scores = model.score(users, cands)  # (B, 1 + negatives)
         # Pessimistic about ties: a negative scoring exactly like the held-out item ranks above it.
-        tied = scores[:, 1:] == scores[:, :1]
-        scores[:, 1:] = torch.where(tied, torch.nextafter(scores[:, 1:], torch.full_like(scores[:, 1:], torch.inf)), scores[:, 1:])
+        negatives = scores[:, 1:]
+        above = torch.nextafter(negatives, torch.full_like(negatives, torch.inf))
+        scores[:, 1:] = torch.where(negatives == scores[:, :1], above, negatives)
         ranked = scores.topk(max_k, dim=1).indices
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[:, 0] = True
@@ -128,7 +129,8 @@ def _evaluate_full(model, split, which, held_users, held_items, names, ks, batch
         relevant = torch.zeros((len(batch), split.num_items), dtype=torch.bool, device=ranked.device)
         rows, cols = gather_rows(held_ptr, held_sorted, batch)
         relevant[torch.as_tensor(rows, device=ranked.device), torch.as_tensor(cols, device=ranked.device)] = True
-        for name, v in per_user_metrics(ranked, relevant, names, ks).items():
+        n_relevant = torch.as_tensor(held_ptr[batch + 1] - held_ptr[batch], device=ranked.device)
+        for name, v in per_user_metrics(ranked, relevant, names, ks, n_relevant).items():
             out.setdefault(name, []).append(v.cpu())
     result = {name: torch.cat(v).numpy() for name, v in out.items()}
     result["user"] = users

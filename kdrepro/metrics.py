@@ -3,6 +3,8 @@
 Every function takes ``ranked``: a (U, >=k) long tensor of item ids, best first, and ``relevant``: a
 (U, num_items) bool tensor marking each user's held-out items, and returns the (U,) per-user values.
 Users without any relevant item get 0; callers evaluate only users that have held-out items.
+``recall_at_k`` and ``ndcg_at_k`` accept the (U,) count of relevant items when the caller already knows
+it: summing a (U, num_items) mask costs more than the rest of a full-ranking evaluation.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ def hit_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tens
     return _hits(ranked, relevant, k).amax(1)
 
 
-def recall_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+def _count(relevant: torch.Tensor, n_relevant: torch.Tensor | None) -> torch.Tensor:
+    return relevant.sum(1) if n_relevant is None else n_relevant
+
+
+def recall_at_k(
+    ranked: torch.Tensor, relevant: torch.Tensor, k: int, n_relevant: torch.Tensor | None = None
+) -> torch.Tensor:
     """Recall@k = |top-k ∩ relevant| / |relevant| (equals HR@k with one held-out item)."""
-    n_relevant = relevant.sum(1).clamp(min=1).float()
-    return _hits(ranked, relevant, k).sum(1) / n_relevant
+    return _hits(ranked, relevant, k).sum(1) / _count(relevant, n_relevant).clamp(min=1).float()
 
 
-def ndcg_at_k(ranked: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+def ndcg_at_k(
+    ranked: torch.Tensor, relevant: torch.Tensor, k: int, n_relevant: torch.Tensor | None = None
+) -> torch.Tensor:
     """NDCG@k with binary gains: Σ_r rel_r / log2(r + 1) over the ideal ordering's value."""
     discounts = _discounts(k, ranked.device)
     dcg = (_hits(ranked, relevant, k) * discounts).sum(1)
-    n_ideal = relevant.sum(1).clamp(max=k)
+    n_ideal = _count(relevant, n_relevant).clamp(max=k)
     ideal = torch.cat([torch.zeros(1, device=ranked.device), discounts.cumsum(0)])[n_ideal]
     return torch.where(n_ideal > 0, dcg / ideal.clamp(min=1e-12), torch.zeros_like(dcg))
 
@@ -56,7 +65,19 @@ PROTOCOL_METRICS = {
 
 
 def per_user_metrics(
-    ranked: torch.Tensor, relevant: torch.Tensor, names: tuple[str, ...], ks: tuple[int, ...]
+    ranked: torch.Tensor,
+    relevant: torch.Tensor,
+    names: tuple[str, ...],
+    ks: tuple[int, ...],
+    n_relevant: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"NDCG@10": (U,) tensor, ...}`` for every metric name × k."""
-    return {f"{name}@{k}": METRICS[name](ranked, relevant, k) for name in names for k in ks}
+    if n_relevant is None:
+        n_relevant = relevant.sum(1)
+    counted = {"Recall", "NDCG"}
+    return {
+        f"{name}@{k}": METRICS[name](ranked, relevant, k, n_relevant) if name in counted else METRICS[name](
+            ranked, relevant, k)
+        for name in names
+        for k in ks
+    }

@@ -70,3 +70,12 @@ def test_agrees_with_trec_eval_on_random_rankings():
         assert ours_ndcg[u] == pytest.approx(ref[str(u)][f"ndcg_cut_{k}"], abs=1e-5)
         assert ours_recall[u] == pytest.approx(ref[str(u)][f"recall_{k}"], abs=1e-6)
         assert ours_mrr[u] == pytest.approx(ref[str(u)]["recip_rank"], abs=1e-6)
+
+
+def test_known_relevant_counts_give_the_same_values():
+    rng = np.random.default_rng(1)
+    relevant = torch.from_numpy(rng.random((20, 30)) < 0.2)
+    ranked = torch.from_numpy(np.argsort(rng.random((20, 30)), axis=1).copy())
+    counts = relevant.sum(1)
+    torch.testing.assert_close(recall_at_k(ranked, relevant, 5, counts), recall_at_k(ranked, relevant, 5))
+    torch.testing.assert_close(ndcg_at_k(ranked, relevant, 5, counts), ndcg_at_k(ranked, relevant, 5))
