@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdrepro.distill.base import PairSet, sample_outside
 from kdrepro.evaluate import evaluate
 from kdrepro.losses import BASE_LOSSES
 from kdrepro.models import ModelConfig, Recommender, build
@@ -83,23 +84,11 @@ class NegativeSampler:
     """Uniform unobserved items for every training pair, by vectorised rejection (no Python loops)."""
 
     def __init__(self, split: Split) -> None:
-        self.num_items = split.num_items
         self.users = torch.from_numpy(split.train_users)
-        self.observed = torch.from_numpy(np.unique(split.train_users * split.num_items + split.train_items))
-
-    def _is_observed(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        keys = users * self.num_items + items
-        at = torch.searchsorted(self.observed, keys).clamp(max=len(self.observed) - 1)
-        return self.observed[at] == keys
+        self.observed = PairSet(self.users, torch.from_numpy(split.train_items), split.num_items)
 
     def sample(self, num_negatives: int, generator: torch.Generator) -> torch.Tensor:
-        users = self.users.unsqueeze(1).expand(-1, num_negatives)
-        negatives = torch.randint(self.num_items, users.shape, generator=generator)
-        clash = self._is_observed(users, negatives)
-        while clash.any():
-            negatives[clash] = torch.randint(self.num_items, (int(clash.sum()),), generator=generator)
-            clash = self._is_observed(users, negatives)
-        return negatives
+        return sample_outside(self.observed, self.users, num_negatives, generator)
 
 
 def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Adam:
