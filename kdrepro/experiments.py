@@ -387,8 +387,13 @@ def student_teacher_ratio(
 # Distillation runs (chapter 01: DE; chapter 04: RD, CD, RRD, DE-RRD)
 # --------------------------------------------------------------------------------------------------
 
-# The papers' method labels → registry specs of kdrepro.distill (DE-RRD is the sum of DE and RRD).
-KD_SPECS = {"RD": "rd", "CD": "cd", "DE": "de", "RRD": "rrd", "DE-RRD": "de+rrd"}
+# The papers' method labels → registry specs of kdrepro.distill (DE-RRD is the sum of DE and RRD,
+# IR-RRD of RRD and IR, TD's "FTD+DE" of FTD and DE).
+KD_SPECS = {
+    "RD": "rd", "CD": "cd", "DE": "de", "RRD": "rrd", "DE-RRD": "de+rrd",
+    "FitNet": "fitnet", "FTD": "ftd", "HTD": "htd", "FTD+DE": "ftd+de",
+    "PHR": "phr", "IR": "ir", "IR-RRD": "rrd+ir",
+}
 NO_KD = ("Teacher", "Student")
 
 # DE-RRD's Table 4, by the paper's labels: config overrides of DE (a–c) and of RRD (d, e). "(b)" is
@@ -405,7 +410,15 @@ RRD_DESIGN_CHOICES: dict[str, dict[str, object]] = {
     "(e) Interesting ranking": {"ranking": "interesting_only"},
     "RRD top-K (no sampling)": {"sampling": "none"},
 }
-_DESIGN_TABLES = {"DE": DE_DESIGN_CHOICES, "RRD": RRD_DESIGN_CHOICES}
+# TD's Table 2 (ablation) and Table 4 (group assignment), by the paper's labels: overrides of HTD.
+HTD_DESIGN_CHOICES: dict[str, dict[str, object]] = {
+    "HTD": {},
+    "Group only": {"variant": "group_only"},
+    "Entity only": {"variant": "entity_only"},
+    "Group (P,P)": {"variant": "group_pp"},
+    "K-means assignment": {"assignment": "kmeans"},
+}
+_DESIGN_TABLES = {"DE": DE_DESIGN_CHOICES, "RRD": RRD_DESIGN_CHOICES, "HTD": HTD_DESIGN_CHOICES}
 
 # Files whose code decides a distilled student (part of its cache key).
 _KD_CODE = ("distill", "models", "train.py", "losses.py", "evaluate.py", "metrics.py", "teachers.py")
