@@ -1028,3 +1028,89 @@ def selection_summary(
         })
         previous = experts
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapters 02 and 05
+# --------------------------------------------------------------------------------------------------
+
+
+def tied_sweep_runs(method: str, fields: Sequence[str], values: Sequence, key: str) -> list[KDRun]:
+    """``method`` with several config fields set to one value at a time, e.g. IR's K and L together.
+
+    ``fields`` read ``method.field`` (``["ir.num_interesting", "ir.num_uninteresting"]``); each value of
+    ``values`` becomes one run, labelled by the key column ``key``.
+    """
+    bad = [name for name in fields if "." not in name]
+    if bad or not fields:
+        raise ValueError(f"fields {list(fields)} must be a non-empty list of 'method.field' names")
+    runs = []
+    for value in values:
+        overrides: dict[str, dict] = {}
+        for name in fields:
+            method_name, field_name = name.split(".", 1)
+            overrides.setdefault(method_name, {})[field_name] = value
+        runs.append(KDRun(method, overrides=overrides, keys={key: value}))
+    return runs
+
+
+@dataclass
+class KDModuleFit:
+    """A distilled student with its trained distillation module (PHR's personalization networks, DE's
+    experts), which :func:`run_kd` does not keep: ``metrics`` as run_kd's (test, valid, best epoch …)."""
+
+    model: torch.nn.Module
+    module: torch.nn.Module
+    metrics: dict
+    history: list[dict]
+    cached: bool
+
+
+def fit_kd_module(setting: KDSetting, run: KDRun, base: str, seed: int) -> KDModuleFit:
+    """Train (or load) the distilled student of ``run`` for ``base`` and ``seed``, keeping its module.
+
+    The inputs are :func:`run_kd`'s (teacher, cached outputs, merged configs, seeds), so on CPU the student
+    is bit-identical to run_kd's row of the same run. Student and module parameters are cached under
+    ``<cache>/kd_modules``, keyed like the students' cache (split, model, training, configs, seed,
+    teacher, training code).
+    """
+    from kdrepro._io import atomic_write, cache_root, stable_hash
+    from kdrepro.distill import build, make_config, parse
+    from kdrepro.models import build as build_model
+    from kdrepro.train import fit
+
+    if run.method in NO_KD or run.match_experts:
+        raise ValueError(f"run {run.method!r} (match_experts={run.match_experts}) has no module to keep; "
+                         f"pass a KDRun of {list(KD_SPECS)} without match_experts")
+    split = setting.split
+    train_config = train_config_for(base, setting.train_config)
+    teacher = teachers.get(ModelConfig(base, setting.teacher_dims[base]), split, train_config, seed,
+                           cache_dir=setting.cache_dir)
+    outputs = teacher.outputs(setting.top_n, setting.top_n_users)
+    dim = max(1, round(run.phi * setting.teacher_dims[base])) if run.phi is not None else setting.student_dims[base]
+    model_config = ModelConfig(base, dim)
+    spec = KD_SPECS[run.method]
+    chapter = setting.method_configs(base)
+    configs = {name: make_config(name, {**chapter.get(name, {}), **run.overrides.get(name, {})})
+               for name in parse(spec)}
+    relevant = {k: v for k, v in train_config.to_dict().items() if k not in ("progress", "device")}
+    described = {
+        "split": split.key, "model": model_config.to_dict(), "train": relevant, "seed": seed, "spec": spec,
+        "configs": {n: dataclasses.asdict(c) for n, c in configs.items()},
+        "teacher": teacher.path.name, "top_n": [setting.top_n, setting.top_n_users], "code": _kd_code_digest(),
+    }
+    root = Path(setting.cache_dir).parent if setting.cache_dir else cache_root()
+    path = root / "kd_modules" / f"{split.dataset}-{base}-d{dim}-{spec.replace('+', '_')}-{stable_hash(described)}"
+    module = build(spec, outputs, split, build_model(model_config, split).repr_dim, seed=seed, **configs)
+    device = resolve_device(train_config.device)
+    if (path / "module.pt").exists():
+        model, metrics, history, _ = _load_kd(path, model_config, split, device)
+        module.load_state_dict(torch.load(path / "module.pt", map_location="cpu", weights_only=True))
+        return KDModuleFit(model, module.to(device), metrics, history, True)
+    result = fit(model_config, split, train_config, distill=module, seed=seed)
+    _save_kd(path, result, None, {**described, "kd_parameters": count_parameters(module)})
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    atomic_write(path / "module.pt", lambda tmp: torch.save(state, tmp))  # written last: marks a complete entry
+    metrics = {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
+               "seconds": result.seconds, "kd_parameters": count_parameters(module)}
+    return KDModuleFit(result.model, module, metrics, result.history, False)
