@@ -56,7 +56,9 @@ KERNEL = "kdrepro"
 NOTEBOOKS: list[str] = [
     "00_data_protocols_teachers",
     "01_distillation_experts",
+    "02_personalized_hint_regression",
     "04_relaxed_ranking_distillation",
+    "05_item_side_ranking_regularization",
 ]
 
 PACKAGES = (

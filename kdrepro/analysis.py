@@ -28,7 +28,6 @@ import torch
 from matplotlib.figure import Figure
 
 from kdrepro.evaluate import evaluate
-from kdrepro.report import training_curves
 from kdrepro.train import DEFAULT_MONITOR
 
 if TYPE_CHECKING:
@@ -345,17 +344,34 @@ def training_panels(
     histories: pd.DataFrame, columns: Sequence[str], row: str = "base", hue: str = "method",
     log_y: Sequence[str] = (),
 ) -> Figure:
-    """One :func:`kdrepro.report.training_curves` panel per history column (train loss terms, a validation
-    metric) and per value of ``row``; ``log_y``: the columns drawn on a log scale."""
+    """History columns (train loss terms, a validation metric) against the epoch: one panel per column and
+    per value of ``row``, one colour per ``hue`` value, the same in every panel (a method keeps its colour
+    in the panels of terms it lacks), one line per seed; ``log_y``: the columns drawn on a log scale."""
+    import seaborn as sns
+
     values = list(dict.fromkeys(histories[row])) if row in histories else [None]
+    order = list(dict.fromkeys(histories[hue]))
+    palette = dict(zip(order, sns.color_palette("deep", len(order)), strict=True))
     fig, axes = plt.subplots(len(values), len(columns), figsize=(4.4 * len(columns), 3.4 * len(values)),
                              squeeze=False)
     plt.close(fig)
     for i, value in enumerate(values):
         rows = histories if value is None else histories[histories[row] == value]
         for j, column in enumerate(columns):
-            training_curves(rows, column, axes[i][j], hue=hue, style=None, log_y=column in log_y)
-            axes[i][j].set_title(column if value is None else f"{value} · {column}", fontsize="medium")
+            ax = axes[i][j]
+            data = rows.dropna(subset=[column]) if column in rows else rows.iloc[0:0]
+            ax.set_title(column if value is None else f"{value} · {column}", fontsize="medium")
+            if data.empty:
+                ax.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=ax.transAxes)
+                continue
+            seeds = "seed" if "seed" in data and data["seed"].nunique() > 1 else None
+            sns.lineplot(data=data, x="epoch", y=column, hue=hue, hue_order=[m for m in order if m in set(data[hue])],
+                         palette=palette, units=seeds, estimator=None if seeds else "mean", marker="o",
+                         markersize=3, ax=ax)
+            if column in log_y:
+                ax.set_yscale("log")
+            if ax.get_legend() is not None:
+                sns.move_legend(ax, "best", frameon=False, fontsize="small", title=None)
     fig.tight_layout()
     return fig
 
@@ -411,14 +427,16 @@ def per_user_metrics(kd: KDResults, split: Split, methods: Sequence[str], which:
 
 
 def popularity_groups(popularity: np.ndarray, num_groups: int) -> np.ndarray:
-    """Group 0..num_groups − 1 of each case by the rank of its popularity (0 = least popular): equal-size
-    groups (sizes differ by at most one), ties broken by position, so the groups partition the cases."""
+    """Group 0..num_groups − 1 of each case by the rank of its popularity (0 = least popular).
+
+    A case's group is ⌊num_groups × (cases strictly less popular) / cases⌋: about equal-size groups, with
+    equally popular cases always in the same group (so a group may be larger, and a number may go unused
+    when one popularity value spans a whole group). Every case gets exactly one group: a partition.
+    """
     if num_groups < 1 or num_groups > len(popularity):
         raise ValueError(f"num_groups must be in 1..{len(popularity)} (the number of cases), got {num_groups}")
-    order = np.argsort(popularity, kind="stable")
-    ranks = np.empty(len(popularity), dtype=np.int64)
-    ranks[order] = np.arange(len(popularity))
-    return ranks * num_groups // len(popularity)
+    below = np.searchsorted(np.sort(popularity), popularity, side="left")
+    return below * num_groups // len(popularity)
 
 
 def popularity_breakdown(

@@ -112,6 +112,30 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "MODELS": ["bpr", "neumf"],
         },
     },
+    "02_personalized_hint_regression": {
+        "smoke": {
+            "MODELS": ["bpr", "lightgcn"],
+            "TEACHER_DIMS": {"bpr": 32, "lightgcn": 32},
+            "STUDENT_DIMS": {"bpr": 8, "lightgcn": 8},
+            "GRID_LAMBDA_DE": [0.01],
+            "GRID_NUM_EXPERTS": [2, 4],
+            "ANNEAL_EPOCHS": 2,
+            "BRIDGE_USERS": 100,
+            "BRIDGE_PAIRS": 500,
+        },
+        "quick": {
+            # BPR-MF only; teachers and undistilled students load from chapter 00's quick cache. DE's grid is
+            # two configurations (M = 1 and 30 at lambda 0.01) with tau annealed over 10 epochs as in chapter
+            # 01, whose number-of-experts sweep already trained both under loo_sampled (loaded from its
+            # cache). Estimated on an idle 2-core machine from epoch costs: loo_full FitNet ~0.3 min, PHR
+            # ~1.1 min, DE ~2.3 min (M = 30 ~1.9, M = 1 ~0.4); loo_sampled FitNet + PHR ~1.3 min; the bridge
+            # analysis retrains PHR once ~1.1 min: about 7 minutes (9 without chapter 01's cache).
+            "MODELS": ["bpr"],
+            "ANNEAL_EPOCHS": 10,
+            "GRID_LAMBDA_DE": [0.01],
+            "GRID_NUM_EXPERTS": [1, 30],
+        },
+    },
     "04_relaxed_ranking_distillation": {
         "smoke": {
             "SEEDS": [0],
@@ -148,6 +172,31 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         },
         "paper": {
             "MODELS": ["bpr", "neumf"],
+        },
+    },
+    "05_item_side_ranking_regularization": {
+        "smoke": {
+            "MODELS": ["bpr", "neumf"],
+            "TEACHER_DIMS": {"bpr": 32, "neumf": 32},
+            "STUDENT_DIMS": {"bpr": 8, "neumf": 8},
+            "RRD_TOP_N": 50,
+            "RRD_K": 10,
+            "RRD_L": 10,
+            "IR_TOP_N": 50,
+            "IR_K": 5,
+            "IR_L": 5,
+            "LAMBDAS_IR": [0.0005, 0.005],
+            "IR_USERS": [5, 10],
+        },
+        "quick": {
+            # BPR-MF only; the teacher and undistilled student load from chapter 00's quick cache and RRD from
+            # chapter 04's (same RRD settings). Two points per sweep, one of them the main run (cached).
+            # Estimated on an idle 2-core machine from epoch costs (IR-RRD ~3.5 s, IR ~2 s, validation 0.5 s
+            # every 5 epochs): IR ~1.4 min, IR-RRD ~2.4 min, lambda_IR 5e-3 ~2.4 min, 10 users per item
+            # ~1.8 min, per-user evaluation seconds: about 8-9 minutes.
+            "MODELS": ["bpr"],
+            "LAMBDAS_IR": [0.0005, 0.005],
+            "IR_USERS": [10, 20],
         },
     },
 }

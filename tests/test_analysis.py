@@ -85,15 +85,20 @@ def test_seed_claims_by_hand():
         analysis.parse_claim("A > B")
 
 
-def test_popularity_groups_partition_equal_and_ordered():
+def test_popularity_groups_partition_ordered_and_keep_ties_together():
+    distinct = np.array([5, 0, 3, 8, 9, 1, 6, 2, 7, 4, 10])
+    groups = analysis.popularity_groups(distinct, 3)
+    sizes = np.bincount(groups)
+    assert sizes.sum() == len(distinct) and sizes.max() - sizes.min() <= 1  # no ties: about equal sizes
+    assert groups.tolist() == [1, 0, 0, 2, 2, 0, 1, 0, 1, 1, 2]  # value (= cases below) * 3 // 11
     popularity = np.array([5, 0, 3, 3, 9, 1, 0, 2, 7, 4, 3])
     groups = analysis.popularity_groups(popularity, 3)
-    assert set(groups) == {0, 1, 2}
-    sizes = np.bincount(groups)
-    assert sizes.sum() == len(popularity) and sizes.max() - sizes.min() <= 1
-    # every case of a lower group is at most as popular as every case of a higher group
-    for low, high in ((0, 1), (1, 2)):
-        assert popularity[groups == low].max() <= popularity[groups == high].min()
+    assert len(groups) == len(popularity) and set(groups) <= {0, 1, 2}
+    for value in np.unique(popularity):
+        assert len(set(groups[popularity == value])) == 1  # ties share a group
+    for low, high in ((0, 1), (1, 2)):  # every case of a lower group is less popular than one of a higher
+        assert popularity[groups == low].max() < popularity[groups == high].min()
+    assert analysis.popularity_groups(np.zeros(6), 3).tolist() == [0] * 6  # one value: one group
     with pytest.raises(ValueError, match="num_groups"):
         analysis.popularity_groups(popularity, 0)
 
