@@ -30,11 +30,13 @@ class TeacherOutputs:
     """What a teacher hands to its students (all on CPU; methods move what they need).
 
     - ``user_topk`` (U, N): items ranked best first by the teacher, training items excluded.
+    - ``user_topk_scores`` (U, N): the teacher's scores of those items (CD's soft labels).
     - ``item_topk`` (I, N_u): users ranked best first for each item, training users excluded.
     - ``user_repr`` (U, d_t), ``item_repr`` (I, d_t): the representations latent KD regresses to.
     """
 
     user_topk: torch.Tensor
+    user_topk_scores: torch.Tensor
     item_topk: torch.Tensor
     user_repr: torch.Tensor
     item_repr: torch.Tensor
@@ -79,8 +81,13 @@ def compute_outputs(model: Recommender, split: Split, top_n: int = 500, top_n_us
         scores[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = -torch.inf
         blocks.append(scores.topk(top_n_users, dim=1).indices.cpu())
     all_items = torch.arange(split.num_items, device=device)
+    user_topk_scores = torch.cat([
+        model.score(all_users[u : u + batch_size], user_topk[u : u + batch_size].to(device)).float().cpu()
+        for u in range(0, split.num_users, batch_size)
+    ])
     return TeacherOutputs(
         user_topk=user_topk,
+        user_topk_scores=user_topk_scores,
         item_topk=torch.cat(blocks),
         user_repr=model.user_repr(all_users).float().cpu(),
         item_repr=model.item_repr(all_items).float().cpu(),
@@ -100,7 +107,8 @@ class Teacher:
 
     def outputs(self, top_n: int = 500, top_n_users: int = 500) -> TeacherOutputs:
         """Cached :class:`TeacherOutputs` (computed on first use)."""
-        file = self.path / f"outputs-n{top_n}-u{top_n_users}.npz"
+        # v2: with user_topk_scores (files of the first layout lack them and are recomputed).
+        file = self.path / f"outputs-v2-n{top_n}-u{top_n_users}.npz"
         if file.exists():
             return TeacherOutputs.load(file)
         outputs = compute_outputs(self.model, self.split, top_n, top_n_users)

@@ -214,7 +214,7 @@ def test_rrd_sampling_is_deterministic_and_respects_constraints(split, teacher):
     # Uninteresting items: outside the user's training items and the teacher's top-N.
     users = torch.arange(split.num_users).unsqueeze(1).expand(-1, 12)
     train_users, train_items = split.train_tensors()
-    assert not bool(PairSet(train_users, train_items, split.num_items).contains(users, samples[:, k:]).any())
+    assert not bool(PairSet(train_users, train_items, split.num_users, split.num_items).contains(users, samples[:, k:]).any())
     assert not bool((samples[:, k:].unsqueeze(2) == topk.unsqueeze(1)).any())
 
 
@@ -366,6 +366,12 @@ def test_cd_rank_estimate_and_sampling_weights():
     log_weights = discrepancy_log_weights(torch.tensor([[5.0, 0.0, 50.0]]), config)
     assert log_weights[0, 1] == -math.inf  # the student ranks it above the teacher: never sampled
     assert log_weights[0, 0].item() == pytest.approx(math.log(math.tanh(0.5)) - 0.1)
+
+
+def test_cd_soft_labels_are_the_teachers_predictions(split, teacher):
+    method = make("cd", split, teacher, cd={"label_temperature": 2.0})
+    expected = torch.sigmoid(teacher.user_topk_scores[:, :TOP_N] / 2.0)
+    torch.testing.assert_close(method.labels, expected)
 
 
 def test_cd_samples_only_where_the_student_lags(split, teacher):

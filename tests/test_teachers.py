@@ -49,5 +49,6 @@ def test_outputs_exclude_training_interactions_and_are_cached(synthetic_splits, 
     # Ranked best first.
     scores = teacher.model.score(torch.arange(split.num_users), out.user_topk)
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+    torch.testing.assert_close(out.user_topk_scores, scores)
     again = teacher.outputs(top_n=30, top_n_users=20)
     assert torch.equal(again.item_topk, out.item_topk)
