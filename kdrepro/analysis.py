@@ -479,7 +479,8 @@ def popularity_breakdown(
 
 
 def popularity_plot(breakdown: pd.DataFrame, reference: str = "Student", ax=None) -> Figure:
-    """Relative gain over ``reference`` per popularity group (bars per method; panels per base unless ``ax``)."""
+    """Gain over ``reference`` per popularity group, in the metric's units (bars per method; panels per base
+    unless ``ax``). Absolute, not relative: a group where the reference scores near 0 would dwarf the rest."""
     bases = list(dict.fromkeys(breakdown["base"]))
     if ax is None:
         fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 3.6), squeeze=False)
@@ -494,14 +495,14 @@ def popularity_plot(breakdown: pd.DataFrame, reference: str = "Student", ax=None
         width = 0.8 / max(len(methods), 1)
         for k, method in enumerate(methods):
             line = rows[rows["method"] == method].set_index("group").loc[groups]
-            axis.bar(np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width, 100 * line["rel_gain"],
-                     width, label=method)
+            axis.bar(np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width, line["gain"], width,
+                     label=method)
         labels = rows.drop_duplicates("group").set_index("group").loc[groups, "popularity"]
         axis.set_xticks(np.arange(len(groups)))
         axis.set_xticklabels(labels, fontsize="small")
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_xlabel("training interactions of the test item (group range)")
-        axis.set_ylabel(f"{rows['metric'].iloc[0] if len(rows) else ''} gain over {reference} (%)")
+        axis.set_ylabel(f"{rows['metric'].iloc[0] if len(rows) else ''} minus {reference}'s")
         axis.set_title(str(base), fontsize="medium")
         axis.legend(frameon=False, fontsize="small")
     fig.tight_layout()
