@@ -57,6 +57,7 @@ NOTEBOOKS: list[str] = [
     "00_data_protocols_teachers",
     "01_distillation_experts",
     "02_personalized_hint_regression",
+    "03_topology_distillation",
     "04_relaxed_ranking_distillation",
     "05_item_side_ranking_regularization",
 ]

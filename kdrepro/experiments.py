@@ -1114,3 +1114,117 @@ def fit_kd_module(setting: KDSetting, run: KDRun, base: str, seed: int) -> KDMod
     metrics = {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
                "seconds": result.seconds, "kd_parameters": count_parameters(module)}
     return KDModuleFit(result.model, module, metrics, result.history, False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chapter 03: Topology Distillation (TD, KDD'21) tables
+# --------------------------------------------------------------------------------------------------
+
+# TD's Table 4 labels → ours (the adaptive assignment is HTD itself).
+TD_ASSIGNMENT_LABELS = {"K-means": "K-means assignment", "DE-style (adaptive, end-to-end)": "HTD"}
+
+
+def td_variant_runs(labels: Sequence[str]) -> list[KDRun]:
+    """TD's Table 2 / Table 4 rows by the paper's labels, key ``variant``: methods of :data:`KD_SPECS`
+    (``"FTD"``, ``"FTD+DE"``) as they are, the rest HTD variants of :data:`HTD_DESIGN_CHOICES`."""
+    unknown = [v for v in labels if v not in KD_SPECS and v not in HTD_DESIGN_CHOICES]
+    if unknown:
+        raise ValueError(f"unknown TD variants {unknown}; choose from "
+                         f"{sorted({'FTD', 'FTD+DE', *HTD_DESIGN_CHOICES})}")
+    return [KDRun(v, keys={"variant": v}) if v in KD_SPECS and v != "HTD" else design_runs("HTD", [v])[0]
+            for v in labels]
+
+
+def td_paper_variants(paper_table: str) -> pd.DataFrame:
+    """TD's Table 2 or 4 in long form: ``dataset, base, variant, metric, paper`` (our variant labels)."""
+    from kdrepro.paper import long_form
+
+    table = load_table(paper_table)
+    if "assignment" in table:  # Table 4: BPR only, the assignment as the row label
+        table = table.rename(columns={"assignment": "variant"}).assign(base="BPR")
+        table["variant"] = table["variant"].map(lambda v: TD_ASSIGNMENT_LABELS.get(v, v))
+    return long_form(table).rename(columns={"method": "variant"})[["dataset", "base", "variant", "metric", "paper"]]
+
+
+def td_variant_table(
+    results: pd.DataFrame,
+    paper_table: str = "td_table2_ablation",
+    metrics: Sequence[str] = ("Recall@50", "NDCG@50"),
+) -> pd.DataFrame:
+    """Our TD variants (column ``variant``) next to the paper's values on the same dataset, with each
+    side's rank per (base, metric) (1 = best).
+
+    Columns: ``base, metric, variant, ours_mean, ours_std, n_seeds, ours_rank, paper, paper_rank``.
+    """
+    from kdrepro.paper import to_paper_names
+
+    ours = to_paper_names(results[results["metric"].isin(metrics)])
+    table = (
+        ours.groupby(["dataset", "base", "metric", "variant"], sort=False)["value"]
+        .agg(ours_mean="mean", ours_std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n_seeds="count")
+        .reset_index()
+    )
+    table = table.merge(td_paper_variants(paper_table), on=["dataset", "base", "variant", "metric"], how="left")
+    group = table.groupby(["base", "metric"], sort=False)
+    table["ours_rank"] = group["ours_mean"].rank(ascending=False, method="min").astype(int)
+    table["paper_rank"] = group["paper"].rank(ascending=False, method="min")
+    return table[["base", "metric", "variant", "ours_mean", "ours_std", "n_seeds", "ours_rank", "paper",
+                  "paper_rank"]]
+
+
+def td_gains(
+    results: pd.DataFrame,
+    method: str = "HTD",
+    over: Sequence[str] = ("DE", "Student"),
+    paper_table: str = "td_table1_main",
+) -> pd.DataFrame:
+    """``method``'s relative gain over each of ``over``, (m − o) / o in %, ours (means over seeds) and
+    the paper's (from its Table 1 values, as its "improvement" rows are computed), per base and metric."""
+    from kdrepro.paper import long_form, to_paper_names
+
+    ours = to_paper_names(results).groupby(["dataset", "base", "method", "metric"], sort=False)["value"].mean()
+    paper = long_form(paper_table).set_index(["dataset", "base", "method", "metric"])["paper"]
+    rows = []
+    for (dataset, base, name, metric), value in ours.items():
+        if name != method:
+            continue
+        for other in over:
+            mine, theirs = ours.get((dataset, base, other, metric), np.nan), paper.get((dataset, base, other, metric))
+            top = paper.get((dataset, base, method, metric))
+            rows.append({
+                "base": base, "metric": metric, "gain": f"{method} over {other}",
+                "ours_%": 100 * (value - mine) / mine if mine else np.nan,
+                "paper_%": 100 * (top - theirs) / theirs if top is not None and theirs else np.nan,
+            })
+    return pd.DataFrame(rows)
+
+
+def inference_times(
+    split: Split,
+    teacher_dims: Mapping[str, int],
+    phis: Sequence[float],
+    top_n: int = 50,
+    repeats: int = 3,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """TD's Fig. 4: per base and student size φ, the wall seconds to recommend top-``top_n`` items to
+    every user (best of ``repeats``; training items masked) and the number of parameters.
+
+    Time depends only on the architecture, so it is measured on a freshly built model of each size.
+    Long form for :func:`kdrepro.report.sweep_plot`: ``base, method ("Student"; φ = 1 is the teacher's
+    size), phi, dim, parameters, seed (0), metric ("seconds"), value``.
+    """
+    from kdrepro.efficiency import time_recommend_all
+    from kdrepro.models import build as build_model
+
+    rows = []
+    for base, teacher_dim in teacher_dims.items():
+        for phi in phis:
+            dim = max(1, round(phi * teacher_dim))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # weights do not matter for timing; a fixed draw keeps runs alike
+                model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
+            rows.append({"base": base, "method": "Student", "phi": float(phi), "dim": dim,
+                         "parameters": count_parameters(model), "seed": 0, "metric": "seconds",
+                         "value": time_recommend_all(model, split, top_n, repeats=repeats)})
+    return pd.DataFrame(rows)

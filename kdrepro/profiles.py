@@ -136,6 +136,46 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "GRID_NUM_EXPERTS": [1, 30],
         },
     },
+    "03_topology_distillation": {
+        "smoke": {
+            "SEEDS": [0],
+            "MODELS": ["bpr", "lightgcn"],
+            "TEACHER_DIMS": {"bpr": 32, "lightgcn": 32},
+            "STUDENT_DIMS": {"bpr": 8, "lightgcn": 8},
+            "NUM_EXPERTS": 4,
+            "NUM_GROUPS": 4,
+            "ANNEAL_EPOCHS": 2,
+            "ABLATION_MODELS": ["bpr"],
+            "PHIS": [0.125, 0.25, 1.0],
+            "TIME_PHIS": [0.125, 0.25, 1.0],
+            "TAG_MIN_ITEMS": 10,  # synthetic pseudo-tags: 8 groups of about 75 items
+            "PROBE_K": 1,  # 8 pseudo-tags: Recall@10 would be 1 for any representation
+            "PROBE_EPOCHS": 3,
+            "PROBE_SEEDS": [0, 1],
+            "RELATIONAL_K": 20,
+            "RELATIONAL_ANCHORS": 50,
+        },
+        "quick": {
+            # BPR-MF only; teacher and undistilled student load from chapter 00's loo_full quick cache. DE and
+            # HTD run every expert on every entity while tau is large (~14-16 s an epoch on 2 cores, ~2 s and
+            # ~4 s once the selection is one-hot), so tau is annealed over 10 epochs. Estimated on an idle
+            # 2-core CPU (from the measured epoch costs, not a measured run): Table 1 (FitNet ~20 s, DE ~2 min,
+            # FTD ~30 s, HTD ~3.5 min), Fig. 3 with Student and FTD only at phi 0.05 / 0.1 / 1 (~2 min),
+            # probes (~40 s), Fig. 4 timing and the relational KL (~30 s): about 9-10 minutes. Partial: the
+            # ablation (Table 2) and assignment (Table 4) show only the runs of Table 1 (FTD, HTD; every
+            # HTD variant costs ~3 min), and HTD's size curve is left to the paper profile.
+            "MODELS": ["bpr"],
+            "ANNEAL_EPOCHS": 10,
+            "ABLATION_MODELS": ["bpr"],
+            "ABLATION_VARIANTS": ["FTD", "HTD"],
+            "ASSIGNMENTS": ["HTD"],
+            "PHIS": [0.05, 0.1, 1.0],
+            "PHI_METHODS": ["Student", "FTD"],
+        },
+        "paper": {
+            "MODELS": ["bpr", "neumf", "lightgcn"],
+        },
+    },
     "04_relaxed_ranking_distillation": {
         "smoke": {
             "SEEDS": [0],
