@@ -599,6 +599,35 @@ def run_card(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+_CODE_SPAN = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+# $$…$$, or $…$ on one line or across single line breaks (not \$, not "$ " openers or " $" closers, not
+# "$5"): one pattern, so that a formula's MathML is never scanned again.
+_MATH = re.compile(
+    r"\$\$(?P<block>.+?)\$\$|(?<![\\$])\$(?!\s)(?P<inline>(?:[^$\n]|\n(?!\s*\n))+?)(?<![\s\\])\$(?!\d)", re.S
+)
+
+
+def math_to_mathml(markdown: str) -> str:
+    """``$…$`` and ``$$…$$`` of a markdown cell as MathML, so that reports show equations offline.
+
+    Browsers render MathML natively; nbconvert's pages would otherwise need MathJax from the internet and
+    show raw TeX without it. Code spans are left alone; a formula the converter cannot read stays TeX.
+    """
+    from latex2mathml.converter import convert
+
+    def mathml(match: re.Match) -> str:
+        display = "block" if match.group("block") is not None else "inline"
+        try:
+            return convert(match.group(display).strip(), display=display)
+        except Exception:  # noqa: BLE001 - any unsupported construct: keep the TeX as written
+            return match.group(0)
+
+    parts = _CODE_SPAN.split(markdown)
+    for i in range(0, len(parts), 2):  # even parts are outside code spans
+        parts[i] = _MATH.sub(mathml, parts[i])
+    return "".join(parts)
+
+
 def render(executed: Path, html_path: Path, manifest: dict) -> None:
     """The executed notebook as HTML: no code cells, no prompts, progress output coalesced, a run card."""
     import nbformat
@@ -616,6 +645,9 @@ def render(executed: Path, html_path: Path, manifest: dict) -> None:
         -1,
     )
     nb.cells.insert(first_md + 1, card)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = math_to_mathml(cell.source)
     exporter = HTMLExporter(
         template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )

@@ -260,3 +260,11 @@ def test_clean_outputs_merges_streams_and_unreddens_bars():
     assert ("stdout", "line\n") in texts
     assert ("stderr", "fits: 2/2 [00:01<00:00, 2.0it/s]\nUserWarning: real warning\n") in texts
     assert [(o.name, o.text) for o in other.outputs] == [("stdout", "fits: 2/2 [00:01<00:00]\n")]
+
+
+def test_math_becomes_mathml_outside_code_and_prices():
+    converted = run_all.math_to_mathml("a $x_i^2$ b `$HOME` costs $5, \\$ stays, and $$\\sum_k w_k$$")
+    assert converted.count("<math") == 2
+    assert 'display="inline"' in converted and 'display="block"' in converted
+    assert "`$HOME`" in converted and "costs $5" in converted and "\\$ stays" in converted
+    assert "<msub><mi>x</mi>" in converted or "<msubsup><mi>x</mi>" in converted
