@@ -184,6 +184,7 @@ def relational_plot(table: pd.DataFrame, ax=None) -> Figure:
         axis.set_xticklabels([f"{k} most similar (teacher)" if s == "top" else f"{k} random" for s in sets])
         axis.set_ylabel("KL(teacher ‖ model)")
         axis.set_title(f"{base} · {side}s")
-        axis.legend(frameon=False, fontsize="small")
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.3)  # head room for the legend
+    axes[0].legend(frameon=False, fontsize="small", ncols=min(len(methods), 3), loc="upper left")
     fig.tight_layout()
     return fig
