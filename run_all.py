@@ -144,7 +144,14 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
             ) from None
         if name in found:
             raise ParameterError(f"{where}, line {node.lineno}: {name} is assigned twice")
-        found[name] = Parameter(name, value, comments.get(node.end_lineno or node.lineno, ""))
+        comment = comments.get(node.end_lineno or node.lineno, "")
+        if "=" in comment:
+            # papermill's own parser cannot read such a line and silently ignores overrides of it.
+            raise ParameterError(
+                f"{where}, line {node.lineno}: the comment of {name} contains '=', which papermill cannot "
+                "parse (overrides of it would be ignored); reword it, e.g. 'x: 2' or 'x is 2'"
+            )
+        found[name] = Parameter(name, value, comment)
     return found
 
 

@@ -268,3 +268,8 @@ def test_math_becomes_mathml_outside_code_and_prices():
     assert 'display="inline"' in converted and 'display="block"' in converted
     assert "`$HOME`" in converted and "costs $5" in converted and "\\$ stays" in converted
     assert "<msub><mi>x</mi>" in converted or "<msubsup><mi>x</mi>" in converted
+
+
+def test_parameter_comment_with_equals_sign_is_rejected():
+    with pytest.raises(run_all.ParameterError, match="contains '='"):
+        run_all.parse_parameters("A = 1  # x = 2\n")
