@@ -48,3 +48,35 @@ def test_cml_constrain_projects_into_the_unit_ball(synthetic_splits):
 def test_unknown_model(synthetic_splits):
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build(ModelConfig("svd", 4), synthetic_splits["loo_full"])
+
+
+def test_embedding_lookup_matches_nn_embedding():
+    """The index_select lookup gives nn.Embedding's rows and gradients, for flat and (B, C) ids."""
+    from kdrepro.models.base import Embedding
+
+    torch.manual_seed(0)
+    reference = torch.nn.Embedding(50, 6)
+    fast = Embedding(50, 6)
+    fast.load_state_dict(reference.state_dict())
+    ids = torch.randint(50, (7, 9))
+    upstream = torch.randn(7, 9, 6)
+    (reference(ids) * upstream).sum().backward()
+    (fast(ids) * upstream).sum().backward()
+    assert torch.equal(fast(ids), reference(ids)) and fast(ids[0]).shape == (9, 6)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad)
+
+
+@pytest.mark.parametrize("candidates", [3, 2048])  # below and above ELEMENTWISE_DOT_MAX
+def test_pairwise_dot_both_paths_equal_bmm(candidates):
+    from kdrepro.models.base import ELEMENTWISE_DOT_MAX, pairwise_dot
+
+    torch.manual_seed(0)
+    users = torch.randn(4, 600, requires_grad=True)
+    items = torch.randn(4, candidates, 600, requires_grad=True)
+    assert (items.numel() <= ELEMENTWISE_DOT_MAX) == (candidates == 3)
+    reference = torch.bmm(items, users.unsqueeze(-1)).squeeze(-1)
+    grads = torch.autograd.grad(reference.square().sum(), (users, items))
+    scores = pairwise_dot(users, items)
+    torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-4)
+    for got, want in zip(torch.autograd.grad(scores.square().sum(), (users, items)), grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)

@@ -256,20 +256,18 @@ def test_ir_scores_the_items_of_the_batch(split, teacher):
     assert method(model, batch)["ir"].item() == pytest.approx(method.config.lambda_ir * by_hand, rel=1e-4)
 
 
-def test_item_side_scores_use_the_models_mirror_when_it_has_one(split):
-    model = student(split)
+def test_item_side_scores_mirror_equals_the_flat_fallback(split):
+    model = student(split)  # MF offers score_users, the mirror of score
     items = torch.tensor([0, 5, 7])
     users = torch.randint(split.num_users, (3, 4), generator=torch.Generator().manual_seed(0))
-    flat = item_side_scores(model, items, users)
-    calls = []
-
-    def score_users(items, users):  # an MF mirror of ``score``: one item against C users
-        calls.append(1)
-        return (model.user_repr(users) * model.item_repr(items).unsqueeze(1)).sum(-1)
-
-    model.score_users = score_users
+    assert hasattr(model, "score_users")
+    flat = model.score(users.reshape(-1), items.repeat_interleave(4)).view(3, 4)
     torch.testing.assert_close(item_side_scores(model, items, users), flat)
-    assert calls
+
+    class FlatOnly:  # a model without the mirror goes through ``score``
+        score = model.score
+
+    torch.testing.assert_close(item_side_scores(FlatOnly(), items, users), flat)
 
 
 class TableStudent:

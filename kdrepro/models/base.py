@@ -39,15 +39,34 @@ class Recommender(nn.Module):
         return None
 
 
-def init_embedding(num: int, dim: int, std: float = 0.01) -> nn.Embedding:
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` looked up with ``index_select``: the same rows, a faster backward.
+
+    The gradient of ``index_select`` is one ``index_add`` into the table, 2–3× faster on CPU than
+    ``nn.Embedding``'s dense backward for the ~80,000 rows a batch of RRD or IR gathers.
+    """
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.embedding_dim)
+
+
+def init_embedding(num: int, dim: int, std: float = 0.01) -> Embedding:
     """An embedding table initialised N(0, std²), as in the authors' code."""
-    table = nn.Embedding(num, dim)
+    table = Embedding(num, dim)
     nn.init.normal_(table.weight, std=std)
     return table
+
+
+# Largest (B, C, d) product ``pairwise_dot`` forms elementwise (16 MB of float32): below it a multiply-sum
+# is 2–4× faster than ``bmm`` forward and backward (bmm's backward is a batch of rank-1 products); well
+# above it (full candidate lists at evaluation, d = 200) the temporary no longer fits in cache and bmm wins.
+ELEMENTWISE_DOT_MAX = 1 << 22
 
 
 def pairwise_dot(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
     """Dot products of (B, d) users with (B, d) or (B, C, d) items."""
     if item_vectors.dim() == 2:
         return (user_vectors * item_vectors).sum(-1)
+    if item_vectors.numel() <= ELEMENTWISE_DOT_MAX:
+        return (item_vectors * user_vectors.unsqueeze(1)).sum(-1)
     return torch.bmm(item_vectors, user_vectors.unsqueeze(-1)).squeeze(-1)

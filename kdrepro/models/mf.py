@@ -17,6 +17,10 @@ class MF(Recommender):
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return pairwise_dot(self.user_embedding(users), self.item_embedding(items))
 
+    def score_users(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Item-side scores (IR): items (B,) against users (B, C) → (B, C), each item looked up once."""
+        return pairwise_dot(self.item_embedding(items), self.user_embedding(users))
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_embedding(users) @ self.item_embedding.weight.T
 
