@@ -85,7 +85,7 @@ class NegativeSampler:
 
     def __init__(self, split: Split) -> None:
         self.users = torch.from_numpy(split.train_users)
-        self.observed = PairSet(self.users, torch.from_numpy(split.train_items), split.num_items)
+        self.observed = PairSet(self.users, torch.from_numpy(split.train_items), split.num_users, split.num_items)
 
     def sample(self, num_negatives: int, generator: torch.Generator) -> torch.Tensor:
         return sample_outside(self.observed, self.users, num_negatives, generator)

@@ -39,7 +39,7 @@ def test_validation_items_are_masked_at_test_time(synthetic_splits):
     split = synthetic_splits["loo_full"]
     model = Oracle(split)
     for batch, ranked in rank_full(model, split, "test", top_k=10):
-        valid = set(zip(split.valid_users.tolist(), split.valid_items.tolist()))
+        valid = set(zip(split.valid_users.tolist(), split.valid_items.tolist(), strict=True))
         for row, user in enumerate(batch):
             assert not any((int(user), int(i)) in valid for i in ranked[row].tolist())
 

@@ -234,7 +234,8 @@ def test_ir_sampling_is_deterministic_and_respects_constraints(split, teacher):
     # Uninteresting users: outside the item's training users and its teacher top-N users.
     items = torch.arange(split.num_items).unsqueeze(1).expand(-1, 12)
     train_users, train_items = split.train_tensors()
-    assert not bool(PairSet(train_users, train_items, split.num_items).contains(samples[:, k:], items).any())
+    observed = PairSet(train_users, train_items, split.num_users, split.num_items)
+    assert not bool(observed.contains(samples[:, k:], items).any())
     assert not bool((samples[:, k:].unsqueeze(2) == topk.unsqueeze(1)).any())
     # sampling="none": the teacher's top-K users directly.
     direct = ir_samples(split, teacher, 0, sampling="none")

@@ -57,6 +57,22 @@ def test_negative_sampler_never_returns_training_items(synthetic_splits):
     assert torch.equal(negatives, again)
 
 
+@pytest.mark.parametrize("shape", [(13, 7), (5, 64), (1, 3)])
+def test_pair_set_membership_matches_a_python_set(shape):
+    from kdrepro.distill.base import PairSet
+
+    num_rows, num_cols = shape
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(num_rows, (30,), generator=generator)  # duplicates included
+    cols = torch.randint(num_cols, (30,), generator=generator)
+    members = PairSet(rows, cols, num_rows, num_cols)
+    grid_rows, grid_cols = torch.meshgrid(torch.arange(num_rows), torch.arange(num_cols), indexing="ij")
+    expected = {(r, c) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)}
+    found = members.contains(grid_rows, grid_cols)
+    assert found.dtype == torch.bool and found.shape == shape
+    assert {(r, c) for r, c in zip(grid_rows[found].tolist(), grid_cols[found].tolist(), strict=True)} == expected
+
+
 class ConstantTerm(torch.nn.Module):
     """A KD term that owns a parameter: fit must optimise it and log it by name."""
 

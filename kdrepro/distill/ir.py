@@ -109,6 +109,7 @@ class IR(DistillLoss):
         self.excluded = PairSet(  # rows are items, columns users: sample_outside draws users per item
             torch.cat([train_items, all_items.repeat_interleave(topk.shape[1])]),
             torch.cat([train_users, topk.reshape(-1)]),
+            split.num_items,
             split.num_users,
         )
         width = config.num_interesting + config.num_uninteresting

@@ -117,6 +117,7 @@ class RRD(DistillLoss):
         self.excluded = PairSet(
             torch.cat([train_users, all_users.repeat_interleave(topk.shape[1])]),
             torch.cat([train_items, topk.reshape(-1)]),
+            split.num_users,
             split.num_items,
         )
         num_uninteresting = 0 if config.ranking == "interesting_only" else config.num_uninteresting
