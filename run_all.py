@@ -896,11 +896,11 @@ def write_index(reports_dir: Path, stems: Sequence[str], run: dict) -> Path:
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>kdrepro reports</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1rem; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: .5rem; text-align: left; vertical-align: top; }}
 th {{ background: #f5f5f5; }}
-.badge {{ color: white; border-radius: 4px; padding: 2px 8px; font-size: .9em; }}
+.badge {{ color: white; border-radius: 4px; padding: 2px 8px; font-size: .9em; white-space: nowrap; }}
 .err {{ color: #c62828; font-size: .8em; max-width: 22rem; }}
 .small {{ font-size: .8em; }}
 ul {{ margin: 0; padding-left: 1rem; font-size: .9em; }}
