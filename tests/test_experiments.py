@@ -1,0 +1,59 @@
+"""The chapter helpers of kdrepro.experiments: run builders, the ordering parser, the students' cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdrepro import data, experiments, splits
+from kdrepro.train import TrainConfig
+
+
+def test_parse_ordering_expands_groups_into_pairwise_claims():
+    claims = experiments.parse_ordering("Student < RD ≈ CD < RRD")
+    assert sorted(claims) == sorted([("RD", "≈", "CD"), ("Student", "<", "RD"), ("Student", "<", "CD"),
+                                     ("RD", "<", "RRD"), ("CD", "<", "RRD")])
+    assert experiments.parse_ordering("A ~ B") == [("A", "≈", "B")]
+    with pytest.raises(ValueError, match="cannot read"):
+        experiments.parse_ordering("A < < B")
+
+
+def test_sweep_runs_cover_the_product_and_name_their_keys():
+    runs = experiments.sweep_runs("DE-RRD", {"de.lambda_de": [0.1, 0.01], "rrd.lambda_rrd": [1e-3]})
+    assert [r.keys for r in runs] == [{"lambda_de": 0.1, "lambda_rrd": 1e-3}, {"lambda_de": 0.01, "lambda_rrd": 1e-3}]
+    assert runs[0].overrides == {"de": {"lambda_de": 0.1}, "rrd": {"lambda_rrd": 1e-3}}
+    with pytest.raises(ValueError, match="method.field"):
+        experiments.sweep_runs("DE", {"lambda_de": [0.1]})
+
+
+def test_design_runs_use_the_papers_labels():
+    runs = experiments.design_runs("HTD", ["HTD", "K-means assignment"])
+    assert [r.overrides for r in runs] == [{"htd": {}}, {"htd": {"assignment": "kmeans"}}]
+    large = experiments.design_runs("DE", ["(b) One expert (large)"])[0]
+    assert large.match_experts and large.overrides == {"de": {"num_experts": 1}}
+    with pytest.raises(ValueError, match="unknown RRD variants"):
+        experiments.design_runs("RRD", ["(z) nothing"])
+    with pytest.raises(ValueError, match="unknown method"):
+        experiments.KDRun("NoSuchMethod")
+
+
+def test_size_runs_set_phi_and_label_it():
+    runs = experiments.size_runs(["Student", "DE"], [0.5, 1.0])
+    assert [(r.method, r.phi, r.keys) for r in runs] == [
+        ("Student", 0.5, {"phi": 0.5}), ("DE", 0.5, {"phi": 0.5}), ("Student", 1.0, {"phi": 1.0}),
+        ("DE", 1.0, {"phi": 1.0})]
+
+
+def test_distilled_students_are_trained_once_and_keyed_by_their_config(tmp_path):
+    dataset = data.synthetic(num_users=100, num_items=150, seed=2)
+    split = splits.make_split(dataset, "loo_sampled", 0, num_negatives=40)
+    config = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
+    setting = experiments.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
+                                    {"rrd": {"top_n": 20, "num_interesting": 4, "num_uninteresting": 4}},
+                                    top_n=20, top_n_users=20, cache_dir=tmp_path / "teachers")
+    first = experiments.run_kd(setting, experiments.method_runs(["RRD"]))
+    again = experiments.run_kd(setting, experiments.method_runs(["RRD"]))
+    assert not first.fits["from_cache"].iloc[0] and again.fits["from_cache"].iloc[0]
+    assert first.results["value"].tolist() == again.results["value"].tolist()
+    other = experiments.run_kd(setting, experiments.sweep_runs("RRD", {"rrd.lambda_rrd": [0.5]}))
+    assert not other.fits["from_cache"].iloc[0]  # another config is another student
+    assert len(list((tmp_path / "students").iterdir())) == 2
