@@ -10,6 +10,7 @@ improvement of ``monitor``; the best state is restored and evaluated once on the
 from __future__ import annotations
 
 import copy
+import ctypes
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -91,6 +92,25 @@ class NegativeSampler:
         return sample_outside(self.observed, self.users, num_negatives, generator)
 
 
+def retain_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS after every batch.
+
+    By default glibc returns large freed blocks (trims the heap, unmaps big chunks), so each large
+    temporary of the next batch is page-faulted in again at ~1 µs per 4 KB page: DE's (n, 30·110)
+    expert activations and HTD's 512 × 512 similarity tiles paid 0.7–1.5 s of sys time per epoch.
+    Blocks up to 32 MB (glibc's maximum mmap threshold) now come from the heap, which is not trimmed:
+    peak memory is unchanged, resident memory stays at its peak. A no-op where the C library has no
+    ``mallopt`` (not glibc).
+    """
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # no C library to load by that name (Windows)
+        return
+    if mallopt is not None:
+        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (a C int): trim only beyond 2 GB of free heap
+        mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: heap (not mmap) for blocks below 32 MB
+
+
 def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Adam:
     # Fused Adam is the same maths as torch.optim.Adam, computed in one pass (much faster on CPU).
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -111,6 +131,7 @@ def fit(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    retain_freed_memory()
     torch.manual_seed(seed)
     if isinstance(model, ModelConfig):
         model = build(model, split)
