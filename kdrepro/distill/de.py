@@ -133,19 +133,21 @@ class ExpertBank(nn.Module):
         chunk, slot = first_chunk[expert] + rank // chunk_size, rank % chunk_size
         shape = (int(chunks_per_expert.sum()), chunk_size)
         if balanced:
-            w1, b1, w2 = self.w1, self.b1, self.w2
+            w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
         else:
             chunk_expert = torch.arange(num_experts, device=row.device).repeat_interleave(chunks_per_expert)
-            w1, b1, w2 = self.w1[chunk_expert], self.b1[chunk_expert], self.w2[chunk_expert]
+            w1, b1 = self.w1[chunk_expert], self.b1[chunk_expert]
+            w2, b2 = self.w2[chunk_expert], self.b2[chunk_expert]
         # Pair p sits at [chunk_p, slot_p]; empty slots hold zeros and point at a spare output row.
         inputs = h.new_zeros(*shape, h.shape[1]).index_put((chunk, slot), h[row])
         weights = selection.new_zeros(shape).index_put((chunk, slot), selection[row, expert])
         target = torch.full(shape, num_rows, device=row.device).index_put((chunk, slot), row)
         hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), inputs, w1))
-        outputs = torch.bmm(hidden * weights.unsqueeze(-1), w2)  # already weighted by s
+        # s_m E_m(h) with the output bias inside the chunk (not a dense selection @ b2 over all experts).
+        outputs = torch.baddbmm(b2.unsqueeze(1), hidden, w2) * weights.unsqueeze(-1)
         mixed = h.new_zeros(num_rows + 1, outputs.shape[-1])
         mixed = mixed.index_add(0, target.reshape(-1), outputs.flatten(0, 1))
-        return mixed[:num_rows] + selection @ self.b2
+        return mixed[:num_rows]
 
 
 class DE(DistillLoss):
@@ -178,10 +180,13 @@ class DE(DistillLoss):
         super().on_epoch_start(epoch, generator)
         self.tau = self.config.tau_end ** min(epoch / self.config.anneal_epochs, 1.0)
 
-    def reconstruct(self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
-        """Σ_m s^x_m E_m(h_s(x)) for the entities ``ids``, with fresh Gumbel noise."""
+    def side_loss(self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
+        """Σ_x ‖h_t(x) − Σ_m s^x_m E_m(h_s(x))‖² over the entities ``ids``, with fresh Gumbel noise."""
         teacher_repr = (self.user_repr if entity == "user" else self.item_repr)[ids]
-        alpha = self.alpha(entity, teacher_repr)
+        return de_loss(teacher_repr, self.mix(entity, self.alpha(entity, teacher_repr), student_repr))
+
+    def mix(self, entity: str, alpha: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
+        """Σ_m s^x_m E_m(h_s(x)) given the selection network's α^x (rows of ``student_repr``)."""
         noise = None
         if self.config.selection == "gumbel":
             noise = gumbel_noise(tuple(alpha.shape), self.generator).to(alpha.device)
@@ -191,8 +196,8 @@ class DE(DistillLoss):
         users = torch.unique(batch.users)
         # Positives and negatives count separately, as in the authors' code (an item may be in both).
         items = torch.cat([torch.unique(batch.pos), torch.unique(batch.neg)])
-        user_loss = de_loss(self.user_repr[users], self.reconstruct("user", users, student.user_repr(users)))
-        item_loss = de_loss(self.item_repr[items], self.reconstruct("item", items, student.item_repr(items)))
+        user_loss = self.side_loss("user", users, student.user_repr(users))
+        item_loss = self.side_loss("item", items, student.item_repr(items))
         return {"de": self.config.lambda_de * (user_loss + self.config.item_weight * item_loss)}
 
     @torch.no_grad()

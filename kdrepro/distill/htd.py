@@ -220,38 +220,43 @@ def entity_topology_loss(
         local, a, b, weight = within_group_tiles(groups[members], num_groups, tile)
         index = torch.cat([members, members.new_full((1,), n)])[local]
 
-        def similarities(unit: torch.Tensor, index=index, a=a, b=b, tile=tile) -> torch.Tensor:
+        root = weight.to(student_unit.dtype).sqrt()[:, None, None]  # √w: off-diagonal tile pairs count twice
+
+        def tile_pairs(unit: torch.Tensor, index=index, a=a, b=b, tile=tile, root=root) -> tuple[torch.Tensor, ...]:
+            """The left tiles of every pair scaled by √w, and the right tiles transposed."""
             # index_select, not advanced indexing: its backward (index_add) is deterministic on CPU.
-            tiles = unit.index_select(0, index.reshape(-1)).view(len(index), -1)
-            left = tiles.index_select(0, a).view(len(a), tile, -1)
-            return torch.bmm(left, tiles.index_select(0, b).view(len(b), tile, -1).transpose(1, 2))
+            tiles = unit.index_select(0, index.reshape(-1)).view(len(index), tile, -1)
+            return tiles.index_select(0, a) * root, tiles.index_select(0, b).transpose(1, 2)
 
         with torch.no_grad():
-            teacher_sim = similarities(teacher_unit)
-        loss = loss + MaskedSquaredError.apply(similarities(student_unit), teacher_sim, weight, positive_pairs)
+            teacher_sim = torch.bmm(*tile_pairs(teacher_unit))  # √w A^t
+            # [A^t > 0] as 0/1 floats: masking with a bool tensor is ~20× slower on CPU than a product.
+            keep = teacher_sim.sign().clamp_(min=0) if positive_pairs else None
+        student_sim = torch.bmm(*tile_pairs(student_unit))  # √w A^s
+        loss = loss + MaskedSquaredError.apply(student_sim, teacher_sim, keep)
     return loss
 
 
 class MaskedSquaredError(torch.autograd.Function):
-    """Σ_p w_p Σ_ij [t_pij > 0 if ``positive``] (s_pij − t_pij)² for blocks s, t (P, c, c) and weights w (P,).
+    """Σ keep ⊙ (s − t)² for blocks s, t (P, c, c) and a 0/1 float ``keep`` of the same shape (None keeps all).
 
-    The same value and gradient as the plain expression, with three (P, c, c) temporaries instead of about
-    ten: these blocks are the largest tensors of HTD, and on a CPU each temporary costs a pass over memory.
+    The same value and gradient (2 keep ⊙ (s − t), for s) as the plain expression with one temporary
+    (P, c, c) tensor instead of several: these blocks are HTD's largest tensors, and on a CPU each
+    temporary costs a pass over memory.
     """
 
     @staticmethod
-    def forward(ctx, student_sim, teacher_sim, weight, positive):  # noqa: ANN001, ANN205 (autograd API)
-        root = weight.to(student_sim.dtype).sqrt()[:, None, None]
-        scaled = torch.sub(student_sim, teacher_sim).mul_(root)  # √w (s − t)
-        if positive:
-            scaled.masked_fill_(teacher_sim <= 0, 0)
-        ctx.save_for_backward(scaled, root)
-        return torch.dot(scaled.reshape(-1), scaled.reshape(-1))
+    def forward(ctx, student_sim, teacher_sim, keep):  # noqa: ANN001, ANN205 (autograd API)
+        kept = torch.sub(student_sim, teacher_sim)
+        if keep is not None:
+            kept.mul_(keep)
+        ctx.save_for_backward(kept)
+        return torch.dot(kept.reshape(-1), kept.reshape(-1))
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        scaled, root = ctx.saved_tensors
-        return scaled * (2 * grad * root), None, None, None
+        (kept,) = ctx.saved_tensors
+        return kept * (2 * grad), None, None
 
 
 def kmeans(
@@ -333,17 +338,11 @@ class HTD(DistillLoss):
             self.de.on_epoch_start(epoch, generator)
 
     @torch.no_grad()
-    def groups(
-        self, entity: str, ids: torch.Tensor, teacher_repr: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """z_x for the entities ``ids``: argmax_k α^x_k (adaptive) or the K-means cluster, in [0, K).
-
-        ``teacher_repr``: the teacher's rows of ``ids`` when already gathered.
-        """
+    def groups(self, entity: str, ids: torch.Tensor) -> torch.Tensor:
+        """z_x for the entities ``ids``: argmax_k α^x_k (adaptive) or the K-means cluster, in [0, K)."""
         if self.config.assignment == "kmeans":
             return (self.user_groups if entity == "user" else self.item_groups)[ids]
-        if teacher_repr is None:
-            teacher_repr = (self.user_repr if entity == "user" else self.item_repr)[ids]
+        teacher_repr = (self.user_repr if entity == "user" else self.item_repr)[ids]
         return self.de.alpha(entity, teacher_repr).argmax(dim=1)
 
     def group_map(self, entity: str = "user") -> torch.Tensor:
@@ -352,19 +351,21 @@ class HTD(DistillLoss):
         table = self.user_repr if entity == "user" else self.item_repr
         return self.groups(entity, torch.arange(len(table), device=table.device)).cpu()
 
-    def assignment_loss(
-        self,
-        entity: str,
-        ids: torch.Tensor,
-        groups: torch.Tensor,
-        student_repr: torch.Tensor,
-        teacher_repr: torch.Tensor,
-    ) -> torch.Tensor:
-        """L_GA over ``ids``: DE's Gumbel-softmax mixture (adaptive) or the fixed group's expert (K-means)."""
+    def assign(
+        self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor, teacher_repr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The groups z_x (no gradient) and L_GA over the entities ``ids``.
+
+        Adaptive: z_x = argmax_k α^x_k and L_GA is DE's Gumbel-softmax mixture over the same α^x (computed
+        once for both). K-means: the fixed cluster, and L_GA regresses through that group's expert.
+        """
         if self.config.assignment == "adaptive":
-            return de_loss(teacher_repr, self.de.reconstruct(entity, ids, student_repr))
+            alpha = self.de.alpha(entity, teacher_repr)
+            groups = alpha.detach().argmax(dim=1)
+            return groups, de_loss(teacher_repr, self.de.mix(entity, alpha, student_repr))
+        groups = (self.user_groups if entity == "user" else self.item_groups)[ids]
         selection = F.one_hot(groups, self.config.num_groups).to(student_repr.dtype)
-        return de_loss(teacher_repr, self.experts[entity](student_repr, selection))
+        return groups, de_loss(teacher_repr, self.experts[entity](student_repr, selection))
 
     def forward(self, student: Recommender, batch: Batch) -> dict[str, torch.Tensor]:
         config, num_groups = self.config, 2 * self.config.num_groups
@@ -372,10 +373,9 @@ class HTD(DistillLoss):
         items = torch.unique(torch.cat([batch.pos, batch.neg.reshape(-1)]))
         student_users, student_items = student.user_repr(users), student.item_repr(items)
         teacher_users, teacher_items = self.user_repr[users], self.item_repr[items]
-        user_groups = self.groups("user", users, teacher_users)
-        item_groups = self.groups("item", items, teacher_items)
-        assignment = (self.assignment_loss("user", users, user_groups, student_users, teacher_users)
-                      + self.assignment_loss("item", items, item_groups, student_items, teacher_items))
+        user_groups, user_assignment = self.assign("user", users, student_users, teacher_users)
+        item_groups, item_assignment = self.assign("item", items, student_items, teacher_items)
+        assignment = user_assignment + item_assignment
 
         teacher_repr = torch.cat([teacher_users, teacher_items])
         student_repr = torch.cat([student_users, student_items])
