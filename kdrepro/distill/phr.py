@@ -180,7 +180,7 @@ class PHR(DistillLoss):
 
     def side_loss(self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
         """Σ_x ‖h_t(x) − θ_x h_s(x)‖² over the entities ``ids`` of one side."""
-        inputs = (self.user_input if entity == "user" else self.item_input)[ids]
+        inputs = (self.user_input if entity == "user" else self.item_input).index_select(0, ids)
         teacher_repr = inputs[:, : self.user_repr.shape[1]]  # e_x starts with h_t(x): one gather serves both
         network = self.networks[entity]
         return phr_loss(teacher_repr, student_repr, network.coefficients(inputs), network.basis)
