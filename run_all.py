@@ -342,7 +342,8 @@ def git_info(root: Path = ROOT) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # The rendered reports are this script's output, not an input: their changes do not make a run dirty.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
     return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None}
 
 
