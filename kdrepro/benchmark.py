@@ -55,6 +55,7 @@ METHOD_FIGURES = {
     "de_epoch_s": ("loo_sampled", "de", {}),
     "de_annealed_epoch_s": ("loo_sampled", "de", {"de": {"anneal_epochs": 1}}),
     "irrrd_epoch_s": ("loo_sampled", "rrd+ir", {}),
+    "cd_epoch_s": ("loo_sampled", "cd", {}),
     "phr_epoch_s": ("loo_full", "phr", {}),
     "ftd_epoch_s": ("loo_full", "ftd", {}),
     "htd_epoch_s": ("loo_full", "htd", {}),
@@ -62,7 +63,7 @@ METHOD_FIGURES = {
 }
 
 
-def method_epoch_seconds(sampled: splits.Split, full: splits.Split) -> dict[str, float]:
+def method_epoch_seconds(sampled: splits.Split, full: splits.Split, repeats: int) -> dict[str, float]:
     from kdrepro.distill.bench import epoch_seconds
 
     outputs = {}
@@ -72,7 +73,7 @@ def method_epoch_seconds(sampled: splits.Split, full: splits.Split) -> dict[str,
         outputs[split.protocol] = compute_outputs(teacher.model, split)
     chosen = {"loo_sampled": sampled, "loo_full": full}
     return {
-        name: epoch_seconds(spec, chosen[protocol], outputs[protocol], repeats=1, **configs)
+        name: epoch_seconds(spec, chosen[protocol], outputs[protocol], repeats=repeats, **configs)
         for name, (protocol, spec, configs) in METHOD_FIGURES.items()
     }
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["eval_loo_sampled_s"] = _best(lambda: evaluate(model, sampled, "test"), args.repeats)
 
     if not args.no_methods:
-        figures.update(method_epoch_seconds(sampled, full))
+        figures.update(method_epoch_seconds(sampled, full, args.repeats))
 
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
