@@ -746,8 +746,9 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
                 **run.keys, "seed": seed}
         label = " ".join([f"{base}-{dim}", run.method, *(f"{k}={v}" for k, v in run.keys.items())])
         how = "loaded from cache" if cached else f"trained in {time.time() - started:.1f} s"
+        shown = "HR@5" if "HR@5" in metrics["test"] else DEFAULT_MONITOR[split.protocol]
         print(f"[{number}/{len(jobs)}] {label} seed {seed}: {how}, "
-              f"best epoch {metrics['best_epoch']}, test HR@5 {metrics['test'].get('HR@5', float('nan')):.4f}",
+              f"best epoch {metrics['best_epoch']}, test {shown} {metrics['test'].get(shown, float('nan')):.4f}",
               flush=True)
         results.append(long_results(metrics["test"], **keys))
         histories.append(history_frame(history, **{k: v for k, v in keys.items() if k not in ("dataset", "protocol")}))
