@@ -1202,13 +1202,14 @@ def td_gains(
 
 def inference_times(
     split: Split,
+    bases: Sequence[str],
     teacher_dims: Mapping[str, int],
     phis: Sequence[float],
     top_n: int = 50,
     repeats: int = 3,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """TD's Fig. 4: per base and student size φ, the wall seconds to recommend top-``top_n`` items to
+    """TD's Fig. 4: per base model of ``bases`` and student size φ, the wall seconds to recommend top-``top_n`` items to
     every user (best of ``repeats``; training items masked) and the number of parameters.
 
     Time depends only on the architecture, so it is measured on a freshly built model of each size.
@@ -1219,9 +1220,9 @@ def inference_times(
     from kdrepro.models import build as build_model
 
     rows = []
-    for base, teacher_dim in teacher_dims.items():
+    for base in bases:
         for phi in phis:
-            dim = max(1, round(phi * teacher_dim))
+            dim = max(1, round(phi * teacher_dims[base]))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # weights do not matter for timing; a fixed draw keeps runs alike
                 model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
