@@ -533,18 +533,23 @@ def sweep_runs(method: str, grid: Mapping[str, Sequence]) -> list[KDRun]:
     Each swept field becomes a key column named after the field (``lambda_de``).
     """
     names = list(grid)
-    for name in names:
-        if "." not in name:
-            raise ValueError(f"sweep field {name!r} must read 'method.field', e.g. 'de.lambda_de'")
     runs = []
     for values in itertools.product(*(grid[n] for n in names)):
-        overrides: dict[str, dict] = {}
-        for name, value in zip(names, values, strict=True):
-            method_name, field_name = name.split(".", 1)
-            overrides.setdefault(method_name, {})[field_name] = value
+        overrides = _field_overrides(names, values)  # checks the names first
         keys = {name.split(".", 1)[1]: value for name, value in zip(names, values, strict=True)}
         runs.append(KDRun(method, overrides=overrides, keys=keys))
     return runs
+
+
+def _field_overrides(names: Sequence[str], values: Sequence) -> dict[str, dict]:
+    """``["de.lambda_de", …]`` and their values → ``{"de": {"lambda_de": value}, …}``."""
+    overrides: dict[str, dict] = {}
+    for name, value in zip(names, values, strict=True):
+        if "." not in name:
+            raise ValueError(f"sweep field {name!r} must read 'method.field', e.g. 'de.lambda_de'")
+        method_name, field_name = name.split(".", 1)
+        overrides.setdefault(method_name, {})[field_name] = value
+    return overrides
 
 
 def design_runs(method: str, variants: Sequence[str]) -> list[KDRun]:
@@ -657,22 +662,37 @@ def _save_kd(path: Path, result, selection: Selection | None, config: dict) -> N
     atomic_write(path / "model.pt", lambda tmp: torch.save(state, tmp))
 
 
-def _fit_kd(setting: KDSetting, run: KDRun, base: str, dim: int, seed: int, teacher, outputs, digest: str):
-    """Train (or load from the cache) one distilled student; returns (model, metrics, history, selection, cached)."""
-    from kdrepro._io import cache_root, stable_hash
-    from kdrepro.distill import build, make_config, parse
+@dataclass(frozen=True)
+class _KDJob:
+    """What decides one distilled student: its model, training and method configs, and the cache entry."""
+
+    spec: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    configs: dict
+    described: dict  # hashed into the cache key (and saved as the entry's config.json)
+    student_repr: int
+
+    def path(self, root: Path, split: Split) -> Path:
+        from kdrepro._io import stable_hash
+
+        name = f"{split.dataset}-{self.model_config.name}-d{self.model_config.dim}-{self.spec.replace('+', '_')}"
+        return root / f"{name}-{stable_hash(self.described)}"
+
+
+def _kd_job(setting: KDSetting, run: KDRun, base: str, dim: int, seed: int, teacher, outputs, digest: str) -> _KDJob:
+    """The merged method configs of ``run`` (chapter ← run overrides) and the description its cache key hashes."""
+    from kdrepro.distill import make_config, parse
     from kdrepro.models import build as build_model
-    from kdrepro.train import fit
 
     split = setting.split
     spec = KD_SPECS[run.method]
-    names = parse(spec)
     model_config = ModelConfig(base, dim)
     train_config = train_config_for(base, setting.train_config)
     chapter = setting.method_configs(base)
     student_repr = build_model(model_config, split).repr_dim
     configs = {}
-    for name in names:
+    for name in parse(spec):
         merged = {**chapter.get(name, {}), **run.overrides.get(name, {})}
         if name == "de" and run.match_experts:
             chapter_experts = make_config("de", chapter.get("de", {})).num_experts
@@ -685,18 +705,39 @@ def _fit_kd(setting: KDSetting, run: KDRun, base: str, dim: int, seed: int, teac
         "configs": {n: dataclasses.asdict(c) for n, c in configs.items()},
         "teacher": teacher.path.name, "top_n": [setting.top_n, setting.top_n_users], "code": digest,
     }
-    key = stable_hash(described)
-    folder = Path(setting.cache_dir).parent / "students" if setting.cache_dir else cache_root() / "students"
-    path = folder / f"{split.dataset}-{base}-d{dim}-{spec.replace('+', '_')}-{key}"
-    device = resolve_device(train_config.device)
+    return _KDJob(spec, model_config, train_config, configs, described, student_repr)
+
+
+def _cache_folder(setting: KDSetting, name: str) -> Path:
+    from kdrepro._io import cache_root
+
+    return (Path(setting.cache_dir).parent if setting.cache_dir else cache_root()) / name
+
+
+def _student_dim(setting: KDSetting, run: KDRun, base: str) -> int:
+    """φ × the teacher's dim when the run sets φ; else the teacher's dim for "Teacher", the student's otherwise."""
+    if run.phi is not None:
+        return max(1, round(run.phi * setting.teacher_dims[base]))
+    return setting.teacher_dims[base] if run.method == "Teacher" else setting.student_dims[base]
+
+
+def _fit_kd(setting: KDSetting, run: KDRun, base: str, dim: int, seed: int, teacher, outputs, digest: str):
+    """Train (or load from the cache) one distilled student; returns (model, metrics, history, selection, cached)."""
+    from kdrepro.distill import build
+    from kdrepro.train import fit
+
+    split = setting.split
+    job = _kd_job(setting, run, base, dim, seed, teacher, outputs, digest)
+    path = job.path(_cache_folder(setting, "students"), split)
+    device = resolve_device(job.train_config.device)
     if (path / "model.pt").exists():
-        return (*_load_kd(path, model_config, split, device), True)
-    distill = build(spec, outputs, split, student_repr, seed=seed, **configs)
+        return (*_load_kd(path, job.model_config, split, device), True)
+    distill = build(job.spec, outputs, split, job.student_repr, seed=seed, **job.configs)
     kd_parameters = count_parameters(distill)
-    log = SelectionLog(distill) if "de" in names else None
-    result = fit(model_config, split, train_config, distill=log or distill, seed=seed)
+    log = SelectionLog(distill) if "de" in job.configs else None
+    result = fit(job.model_config, split, job.train_config, distill=log or distill, seed=seed)
     selection = log.finish(len(result.history)) if log is not None else None
-    _save_kd(path, result, selection, {**described, "kd_parameters": kd_parameters})
+    _save_kd(path, result, selection, {**job.described, "kd_parameters": kd_parameters})
     metrics = {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
                "seconds": result.seconds, "kd_parameters": kd_parameters}
     return result.model, metrics, result.history, selection, False
@@ -724,10 +765,7 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
             teachers_by[(base, seed)] = teachers.get(teacher_config, split, train_config, seed,
                                                      cache_dir=setting.cache_dir)
         teacher = teachers_by[(base, seed)]
-        if run.phi is not None:
-            dim = max(1, round(run.phi * setting.teacher_dims[base]))
-        else:
-            dim = setting.teacher_dims[base] if run.method == "Teacher" else setting.student_dims[base]
+        dim = _student_dim(setting, run, base)
         selection, kd_parameters = None, 0
         if run.method in NO_KD:
             fitted = teacher if run.method == "Teacher" and dim == setting.teacher_dims[base] else teachers.get(
@@ -1042,17 +1080,10 @@ def tied_sweep_runs(method: str, fields: Sequence[str], values: Sequence, key: s
     ``fields`` read ``method.field`` (``["ir.num_interesting", "ir.num_uninteresting"]``); each value of
     ``values`` becomes one run, labelled by the key column ``key``.
     """
-    bad = [name for name in fields if "." not in name]
-    if bad or not fields:
+    if not fields or any("." not in name for name in fields):
         raise ValueError(f"fields {list(fields)} must be a non-empty list of 'method.field' names")
-    runs = []
-    for value in values:
-        overrides: dict[str, dict] = {}
-        for name in fields:
-            method_name, field_name = name.split(".", 1)
-            overrides.setdefault(method_name, {})[field_name] = value
-        runs.append(KDRun(method, overrides=overrides, keys={key: value}))
-    return runs
+    return [KDRun(method, overrides=_field_overrides(fields, [value] * len(fields)), keys={key: value})
+            for value in values]
 
 
 @dataclass
@@ -1075,41 +1106,27 @@ def fit_kd_module(setting: KDSetting, run: KDRun, base: str, seed: int) -> KDMod
     ``<cache>/kd_modules``, keyed like the students' cache (split, model, training, configs, seed,
     teacher, training code).
     """
-    from kdrepro._io import atomic_write, cache_root, stable_hash
-    from kdrepro.distill import build, make_config, parse
-    from kdrepro.models import build as build_model
+    from kdrepro._io import atomic_write
+    from kdrepro.distill import build
     from kdrepro.train import fit
 
     if run.method in NO_KD or run.match_experts:
         raise ValueError(f"run {run.method!r} (match_experts={run.match_experts}) has no module to keep; "
                          f"pass a KDRun of {list(KD_SPECS)} without match_experts")
     split = setting.split
-    train_config = train_config_for(base, setting.train_config)
-    teacher = teachers.get(ModelConfig(base, setting.teacher_dims[base]), split, train_config, seed,
-                           cache_dir=setting.cache_dir)
+    teacher = teachers.get(ModelConfig(base, setting.teacher_dims[base]), split,
+                           train_config_for(base, setting.train_config), seed, cache_dir=setting.cache_dir)
     outputs = teacher.outputs(setting.top_n, setting.top_n_users)
-    dim = max(1, round(run.phi * setting.teacher_dims[base])) if run.phi is not None else setting.student_dims[base]
-    model_config = ModelConfig(base, dim)
-    spec = KD_SPECS[run.method]
-    chapter = setting.method_configs(base)
-    configs = {name: make_config(name, {**chapter.get(name, {}), **run.overrides.get(name, {})})
-               for name in parse(spec)}
-    relevant = {k: v for k, v in train_config.to_dict().items() if k not in ("progress", "device")}
-    described = {
-        "split": split.key, "model": model_config.to_dict(), "train": relevant, "seed": seed, "spec": spec,
-        "configs": {n: dataclasses.asdict(c) for n, c in configs.items()},
-        "teacher": teacher.path.name, "top_n": [setting.top_n, setting.top_n_users], "code": _kd_code_digest(),
-    }
-    root = Path(setting.cache_dir).parent if setting.cache_dir else cache_root()
-    path = root / "kd_modules" / f"{split.dataset}-{base}-d{dim}-{spec.replace('+', '_')}-{stable_hash(described)}"
-    module = build(spec, outputs, split, build_model(model_config, split).repr_dim, seed=seed, **configs)
-    device = resolve_device(train_config.device)
+    job = _kd_job(setting, run, base, _student_dim(setting, run, base), seed, teacher, outputs, _kd_code_digest())
+    path = job.path(_cache_folder(setting, "kd_modules"), split)
+    module = build(job.spec, outputs, split, job.student_repr, seed=seed, **job.configs)
+    device = resolve_device(job.train_config.device)
     if (path / "module.pt").exists():
-        model, metrics, history, _ = _load_kd(path, model_config, split, device)
+        model, metrics, history, _ = _load_kd(path, job.model_config, split, device)
         module.load_state_dict(torch.load(path / "module.pt", map_location="cpu", weights_only=True))
         return KDModuleFit(model, module.to(device), metrics, history, True)
-    result = fit(model_config, split, train_config, distill=module, seed=seed)
-    _save_kd(path, result, None, {**described, "kd_parameters": count_parameters(module)})
+    result = fit(job.model_config, split, job.train_config, distill=module, seed=seed)
+    _save_kd(path, result, None, {**job.described, "kd_parameters": count_parameters(module)})
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     atomic_write(path / "module.pt", lambda tmp: torch.save(state, tmp))  # written last: marks a complete entry
     metrics = {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
