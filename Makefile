@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 #   make test TORCH_SPEC="torch>=2.2"   (any torch >= 2.2 works)
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= quick
-DATA_DIR_DEFAULT := $(wildcard ../shared/data)
+DATA_DIR_DEFAULT := $(abspath $(wildcard ../shared/data))
 export KDREPRO_DATA_DIR ?= $(DATA_DIR_DEFAULT)
 
 .PHONY: setup test test-all report benchmark lint clean-venv

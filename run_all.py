@@ -941,6 +941,17 @@ def check_kernel(kernel: str) -> None:
         ) from None
 
 
+PATH_VARIABLES = ("KDREPRO_DATA_DIR", "KDREPRO_CACHE_DIR")
+
+
+def absolute_path_variables() -> None:
+    """Make relative data and cache folders absolute: the kernels inherit the environment but run in
+    ``notebooks/``, where a path such as ``../shared/data`` would point somewhere else."""
+    for name in PATH_VARIABLES:
+        if os.environ.get(name):
+            os.environ[name] = os.path.abspath(os.environ[name])
+
+
 def run(
     *,
     profile: str = "quick",
@@ -965,6 +976,7 @@ def run(
             log(f"[{job.stem}] {json.dumps(job.parameters, default=str)}")
         return []
     check_kernel(kernel)
+    absolute_path_variables()
     reports_dir.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if progress is None else progress
     started, t0 = now(), time.perf_counter()

@@ -233,6 +233,17 @@ def test_failed_notebooks_are_never_skipped(books, tmp_path):
     assert second["status"] == "failed" and not second.get("skipped_in_last_run")
 
 
+def test_relative_data_folder_reaches_the_kernels_absolute(books, tmp_path, monkeypatch):
+    # Kernels run inside the notebooks' folder: a relative ../shared/data must not be read from there.
+    write_notebook(books, "02_env", "import os\nprint('data at', os.environ['KDREPRO_DATA_DIR'])", SAVE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDREPRO_DATA_DIR", "relative/data")
+    [manifest] = run(books, tmp_path / "reports", ["02_env"], profile="smoke")
+    assert manifest["status"] == "ok", manifest["error"]
+    page = (tmp_path / "reports" / "02_env.html").read_text(encoding="utf-8")
+    assert f"data at {tmp_path / 'relative' / 'data'}" in page
+
+
 # -- rendering helpers ---------------------------------------------------------------------------
 
 
