@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import datetime as dt
 import hashlib
 import html
@@ -76,6 +77,7 @@ PACKAGES = (
     "tqdm",
 )
 SET_BY_RUNNER = ("RESULTS_DIR",)
+STAGING = ".staging"  # under the reports folder: runs in progress, and failed runs that kept a good report
 # Run inside every kernel before the notebook: plain-text tqdm bars (JupyterLab keeps its widget bars),
 # whose carriage-return refreshes the renderer collapses to each bar's final state.
 KERNEL_STARTUP = (
@@ -753,8 +755,15 @@ def execute(
         )
         return {**previous, "skipped_in_last_run": True}
 
-    _clear(folder)
-    executed = folder / f"{job.stem}.ipynb"
+    # The run writes into reports/.staging/ and replaces the published report only when it succeeds (or
+    # when there is no successful report to keep): a failed or interrupted run never destroys the last one.
+    staging = reports_dir / STAGING / job.stem
+    staged_html = staging.with_name(f"{job.stem}.html")
+    _clear(staging)
+    staged_html.unlink(missing_ok=True)
+    if "RESULTS_DIR" in job.parameters:
+        job = dataclasses.replace(job, parameters={**job.parameters, "RESULTS_DIR": str(staging)})
+    executed = staging / f"{job.stem}.ipynb"
     manifest: dict[str, Any] = {
         "stem": job.stem,
         "title": notebook_title(job.path),
@@ -802,8 +811,8 @@ def execute(
         if env_before is None:
             os.environ.pop("TQDM_MININTERVAL", None)
     duration = time.perf_counter() - start
-    metrics = read_json(folder / "metrics.json")
-    config = read_json(folder / "config.json") or {}
+    metrics = read_json(staging / "metrics.json")
+    config = read_json(staging / "config.json") or {}
     if error is None and metrics is None and "RESULTS_DIR" in job.parameters:
         error = "the notebook ran but wrote no metrics.json (its last cell must save the run)"
     manifest.update(
@@ -828,21 +837,40 @@ def execute(
         "html": html_path.name,
         "executed_notebook": f"{job.stem}/{executed.name}",
         "metrics": f"{job.stem}/metrics.json" if metrics is not None else None,
-        "tables": sorted(f"{job.stem}/tables/{p.name}" for p in (folder / "tables").glob("*.csv")),
-        "figures": sorted(f"{job.stem}/figures/{p.name}" for p in (folder / "figures").glob("*.png")),
+        "tables": sorted(f"{job.stem}/tables/{p.name}" for p in (staging / "tables").glob("*.csv")),
+        "figures": sorted(f"{job.stem}/figures/{p.name}" for p in (staging / "figures").glob("*.png")),
     }
     try:
-        render(executed, html_path, manifest)
+        render(executed, staged_html, manifest)
     except Exception as exc:  # rendering must not hide the run's result
         manifest["status"] = "failed"
         manifest["error"] = (manifest["error"] or "") + f"\nrendering failed: {type(exc).__name__}: {exc}"
-    write_json(folder / "manifest.json", manifest)
+    write_json(staging / "manifest.json", manifest)
     status = manifest["status"]
+    kept = status != "ok" and previous is not None and previous.get("status") == "ok" and html_path.exists()
+    if kept:
+        where = f"{staged_html} (the last successful report, {html_path.name}, is kept)"
+    else:
+        publish(staging, staged_html, folder, html_path)
+        where = str(html_path)
     log(
-        f"[{job.stem}] {status} in {_fmt_seconds(duration)}, peak memory {memory.peak:.0f} MiB → {html_path}"
+        f"[{job.stem}] {status} in {_fmt_seconds(duration)}, peak memory {memory.peak:.0f} MiB → {where}"
         + (f"\n    {error.splitlines()[0]}" if error else "")
     )
     return manifest
+
+
+def publish(staging: Path, staged_html: Path, folder: Path, html_path: Path) -> None:
+    """Replace the published report by the staged one: two renames, the old copy removed last."""
+    import shutil
+
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    os.replace(staged_html, html_path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -881,6 +909,12 @@ def write_index(reports_dir: Path, stems: Sequence[str], run: dict) -> Path:
             if manifest.get("error")
             else ""
         )
+        attempt = read_json(reports_dir / STAGING / stem / "manifest.json") or {}
+        if attempt.get("status") == "failed" and attempt.get("started", "") > manifest.get("started", ""):
+            error += (
+                f"<div class='err'>a later run ({html.escape(attempt['started'])}) failed: "
+                f"<a href='{STAGING}/{stem}.html'>its report</a>; this one is kept</div>"
+            )
         rows.append(
             f"<tr><td><code>{stem[:2]}</code></td><td>{link}{extra}</td>"
             f"<td><span class='badge' style='background:{colour}'>{html.escape(status)}</span>{error}</td>"

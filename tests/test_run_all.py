@@ -244,6 +244,24 @@ def test_relative_data_folder_reaches_the_kernels_absolute(books, tmp_path, monk
     assert f"data at {tmp_path / 'relative' / 'data'}" in page
 
 
+def test_a_failed_rerun_keeps_the_last_good_report(books, tmp_path):
+    reports = tmp_path / "reports"
+    assert run(books, reports, ["00_ok"], profile="smoke")[0]["status"] == "ok"
+    page = (reports / "00_ok.html").read_text(encoding="utf-8")
+    write_notebook(books, "00_ok", "raise ValueError('broken later')", SAVE)
+    assert run(books, reports, ["00_ok"], profile="smoke")[0]["status"] == "failed"
+    assert (reports / "00_ok.html").read_text(encoding="utf-8") == page
+    assert json.loads((reports / "00_ok" / "manifest.json").read_text())["status"] == "ok"
+    assert (reports / "00_ok" / "metrics.json").exists()
+    assert "broken later" in (reports / ".staging" / "00_ok.html").read_text(encoding="utf-8")
+    assert "a later run" in (reports / "index.html").read_text(encoding="utf-8")
+    write_notebook(books, "00_ok", PROGRESS, SAVE)  # fixed: the next run replaces the report, staging empties
+    assert run(books, reports, ["00_ok"], profile="smoke", params=["X=7"])[0]["status"] == "ok"
+    assert json.loads((reports / "00_ok" / "metrics.json").read_text())["headline"]["x"] == 0.7
+    assert not (reports / ".staging" / "00_ok").exists()
+    assert "a later run" not in (reports / "index.html").read_text(encoding="utf-8")
+
+
 # -- rendering helpers ---------------------------------------------------------------------------
 
 
