@@ -421,7 +421,7 @@ HTD_DESIGN_CHOICES: dict[str, dict[str, object]] = {
 _DESIGN_TABLES = {"DE": DE_DESIGN_CHOICES, "RRD": RRD_DESIGN_CHOICES, "HTD": HTD_DESIGN_CHOICES}
 
 # Files whose code decides a distilled student (part of its cache key).
-_KD_CODE = ("distill", "models", "train.py", "losses.py", "evaluate.py", "metrics.py", "teachers.py")
+_KD_CODE = ("distill", "models", "train.py", "objectives.py", "evaluate.py", "metrics.py", "teachers.py")
 
 
 @dataclass(frozen=True)

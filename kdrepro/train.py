@@ -20,7 +20,7 @@ from torch import nn
 
 from kdrepro.distill.base import PairSet, sample_outside
 from kdrepro.evaluate import evaluate
-from kdrepro.losses import BASE_LOSSES
+from kdrepro.objectives import BASE_LOSSES
 from kdrepro.models import ModelConfig, Recommender, build
 from kdrepro.splits import Split
 
@@ -34,7 +34,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3  # Adam's L2 on all parameters, as in the authors' code
     num_negatives: int = 1  # sampled unobserved items per observed pair, redrawn every epoch
-    loss: str = "bpr"  # base objective (see losses.BASE_LOSSES), or "none" to train on KD terms only
+    loss: str = "bpr"  # base objective (see objectives.BASE_LOSSES), or "none" to train on KD terms only
     eval_every: int = 1  # epochs between validations
     patience: int = 20  # validations without improvement before stopping; 0 disables early stopping
     monitor: str = "auto"  # validation metric to select on; "auto" = NDCG@10 (sampled) / Recall@50 (full)
