@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,37 +23,7 @@ from kdrepro.evaluate import gather_rows, rank_full
 from kdrepro.models import ModelConfig, Recommender, build
 from kdrepro.splits import Split
 from kdrepro.train import FitResult, TrainConfig, fit, resolve_device
-
-
-@dataclass(frozen=True, eq=False)
-class TeacherOutputs:
-    """What a teacher hands to its students (all on CPU; methods move what they need).
-
-    - ``user_topk`` (U, N): items ranked best first by the teacher, training items excluded.
-    - ``user_topk_scores`` (U, N): the teacher's scores of those items (CD's soft labels).
-    - ``item_topk`` (I, N_u): users ranked best first for each item, training users excluded.
-    - ``user_repr`` (U, d_t), ``item_repr`` (I, d_t): the representations latent KD regresses to.
-    """
-
-    user_topk: torch.Tensor
-    user_topk_scores: torch.Tensor
-    item_topk: torch.Tensor
-    user_repr: torch.Tensor
-    item_repr: torch.Tensor
-
-    def save(self, path: str | os.PathLike) -> Path:
-        arrays = {f.name: getattr(self, f.name).numpy() for f in fields(self)}
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        return atomic_write(path, write)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TeacherOutputs:
-        with np.load(path, allow_pickle=False) as npz:
-            return cls(**{f.name: torch.from_numpy(npz[f.name]) for f in fields(cls)})
+from kdrepro.types import TeacherOutputs
 
 
 @torch.no_grad()
@@ -110,9 +80,15 @@ class Teacher:
         # v2: with user_topk_scores (files of the first layout lack them and are recomputed).
         file = self.path / f"outputs-v2-n{top_n}-u{top_n_users}.npz"
         if file.exists():
-            return TeacherOutputs.load(file)
+            with np.load(file, allow_pickle=False) as npz:
+                return TeacherOutputs.from_arrays(dict(npz))
         outputs = compute_outputs(self.model, self.split, top_n, top_n_users)
-        outputs.save(file)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **outputs.to_arrays())
+
+        atomic_write(file, write)
         return outputs
 
 

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from kdrepro.distill.base import PairSet, sample_outside
 from kdrepro.evaluate import evaluate
-from kdrepro.objectives import BASE_LOSSES
 from kdrepro.models import ModelConfig, Recommender, build
+from kdrepro.objectives import BASE_LOSSES
+from kdrepro.sampling import PairSet, sample_outside
 from kdrepro.splits import Split
+from kdrepro.types import Batch
 
 DEFAULT_MONITOR = {"loo_sampled": "NDCG@10", "loo_full": "Recall@50", "holdout": "Recall@50"}
 
@@ -52,16 +54,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Batch:
-    """One training batch: ``users`` (B,), ``pos`` (B,), ``neg`` (B, num_negatives)."""
-
-    users: torch.Tensor
-    pos: torch.Tensor
-    neg: torch.Tensor
-    epoch: int
 
 
 @dataclass
@@ -128,8 +120,6 @@ def fit(
     ``model`` may be a :class:`ModelConfig`: it is then built after seeding, so that the same ``seed``
     gives the same initialisation. All sampling draws from a ``torch.Generator`` seeded with ``seed``.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     retain_freed_memory()
     torch.manual_seed(seed)

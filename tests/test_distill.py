@@ -10,14 +10,15 @@ import torch.nn.functional as F
 
 from kdrepro import teachers
 from kdrepro.distill import CONFIGS, METHODS, Combined, build
-from kdrepro.distill.base import PairSet
 from kdrepro.distill.cd import discrepancy_log_weights, estimate_rank, soft_label_bce
 from kdrepro.distill.de import ExpertBank, de_loss, expert_selection
 from kdrepro.distill.rd import position_weights, ranking_distillation_loss
 from kdrepro.distill.rrd import relaxed_ranking_loss
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
-from kdrepro.train import Batch, NegativeSampler, TrainConfig, fit
+from kdrepro.sampling import PairSet
+from kdrepro.train import NegativeSampler, TrainConfig, fit
+from kdrepro.types import Batch
 
 SPECS = [*METHODS, "de+rrd", "rrd+ir"]
 TOP_N = 50  # the test teacher's ranking length

@@ -9,13 +9,14 @@ import torch
 
 from kdrepro import data, splits, teachers
 from kdrepro.distill import Combined
-from kdrepro.distill.base import PairSet
 from kdrepro.distill.ir import IR, IRConfig, item_side_scores
 from kdrepro.distill.phr import PHR, PHRConfig, bridge_outputs, neighbour_means, phr_loss
 from kdrepro.distill.rrd import RRD, RRDConfig
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
-from kdrepro.train import Batch, NegativeSampler, TrainConfig, fit
+from kdrepro.sampling import PairSet
+from kdrepro.train import NegativeSampler, TrainConfig, fit
+from kdrepro.types import Batch
 
 TOP_N = 50  # the test teacher's ranking length, both sides
 STUDENT_DIM = 8

@@ -23,7 +23,8 @@ from kdrepro.distill.htd import (
 )
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
-from kdrepro.train import Batch, NegativeSampler, TrainConfig, fit
+from kdrepro.train import NegativeSampler, TrainConfig, fit
+from kdrepro.types import Batch
 
 STUDENT_DIM = 8
 HTD_VARIANTS = [{}, {"variant": "group_only"}, {"variant": "entity_only"}, {"variant": "group_pp"},

@@ -59,7 +59,7 @@ def test_negative_sampler_never_returns_training_items(synthetic_splits):
 
 @pytest.mark.parametrize("shape", [(13, 7), (5, 64), (1, 3)])
 def test_pair_set_membership_matches_a_python_set(shape):
-    from kdrepro.distill.base import PairSet
+    from kdrepro.sampling import PairSet
 
     num_rows, num_cols = shape
     generator = torch.Generator().manual_seed(0)
@@ -118,3 +118,35 @@ def test_model_instance_is_trained_in_place(synthetic_splits):
     result = fit(model, split, TrainConfig(**FAST))
     assert result.model is model
     assert not np.allclose(before.numpy(), model.user_embedding.weight.detach().numpy())
+
+
+def test_fixed_schedule_without_early_stopping_restores_the_best_validated_epoch(synthetic_splits, monkeypatch):
+    """TD's protocol: 21 epochs, validation every 10, patience 0. Scripted validation Recall@50 of 0.30 at
+    epoch 10, a dip to 0.25 at epoch 20 and 0.28 at the last epoch (21, always validated): by hand, every
+    epoch runs, validations happen at 10, 20, 21, and the state of epoch 10 is restored and tested."""
+    import copy
+
+    import kdrepro.train as train
+
+    split = synthetic_splits["loo_full"]
+    scripted = {10: 0.30, 20: 0.25, 21: 0.28}
+    seen, states = [], {}
+
+    def fake_evaluate(model, split_, which):
+        if which == "test":
+            return {"Recall@50": 0.0}
+        epoch = len(seen) and [10, 20, 21][len(seen)]
+        epoch = [10, 20, 21][len(seen)]
+        seen.append(epoch)
+        states[epoch] = copy.deepcopy(model.state_dict())
+        return {"Recall@50": scripted[epoch]}
+
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    config = TrainConfig(epochs=21, eval_every=10, patience=0, progress=False, device="cpu")
+    result = fit(ModelConfig("bpr", 8), split, config)
+    assert len(result.history) == 21
+    assert [h["epoch"] for h in result.history if "valid/Recall@50" in h] == [10, 20, 21]
+    assert result.best_epoch == 10 and result.valid["Recall@50"] == 0.30
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, states[10][name])
+        assert not torch.equal(value, states[21][name]) or name not in ("user_emb.weight",)

@@ -31,8 +31,7 @@ from kdrepro.distill.rrd import RRD, RRDConfig
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 # "de+rrd" is DE-RRD, "rrd+ir" is IR-RRD and "ftd+de" is TD's FTD+DE ablation: combinations, not
 # separate implementations.

@@ -14,7 +14,7 @@ from kdrepro.train import TrainConfig, fit
 
 if TYPE_CHECKING:
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
+    from kdrepro.types import TeacherOutputs
 
 
 def epoch_seconds(

@@ -38,8 +38,7 @@ from kdrepro.distill.base import DistillLoss, check_positive, gumbel_top_k, teac
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 
 @dataclass(frozen=True)

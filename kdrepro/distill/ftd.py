@@ -36,8 +36,7 @@ from kdrepro.distill.base import DistillLoss, check_choice, check_positive
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 TOPOLOGIES = ("joint", "separate")
 

@@ -73,8 +73,7 @@ from kdrepro.distill.ftd import cosine_matrix, topology_loss
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 VARIANTS = ("full", "group_only", "entity_only", "group_pp")
 ASSIGNMENTS = ("adaptive", "kmeans")

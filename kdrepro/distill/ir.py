@@ -15,7 +15,7 @@ IR-RRD is L_base + λ_RRD L_RRD + λ_IR L_IR: build it as ``"rrd+ir"`` through t
 separate method. The listwise loss and the rank sampler are RRD's own
 (:func:`~kdrepro.distill.rrd.relaxed_ranking_loss`,
 :func:`~kdrepro.distill.rrd.sample_interesting_positions`);
-uninteresting users come from :func:`~kdrepro.distill.base.sample_outside` with the roles of users and
+uninteresting users come from :func:`~kdrepro.sampling.sample_outside` with the roles of users and
 items swapped (rows are items, columns users).
 
 Defaults follow the authors' settings: N = 500, K = L = 20, T = 10, λ_IR = 5e-4.
@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kdrepro.distill.base import DistillLoss, PairSet, check_choice, check_positive, sample_outside
+from kdrepro.distill.base import DistillLoss, check_choice, check_positive
 from kdrepro.distill.rrd import SAMPLINGS, RRDConfig, relaxed_ranking_loss, sample_interesting_positions
+from kdrepro.sampling import PairSet, sample_outside
 
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ from kdrepro.distill.base import DistillLoss, check_positive, teacher_topk
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 
 @dataclass(frozen=True)

@@ -25,21 +25,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kdrepro.distill.base import (
-    DistillLoss,
-    PairSet,
-    check_choice,
-    check_positive,
-    gumbel_top_k,
-    sample_outside,
-    teacher_topk,
-)
+from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_top_k, teacher_topk
+from kdrepro.sampling import PairSet, sample_outside
 
 if TYPE_CHECKING:
     from kdrepro.models import Recommender
     from kdrepro.splits import Split
-    from kdrepro.teachers import TeacherOutputs
-    from kdrepro.train import Batch
+    from kdrepro.types import Batch, TeacherOutputs
 
 SAMPLINGS = ("rank", "none")
 RANKINGS = ("relaxed", "full", "interesting_only")
