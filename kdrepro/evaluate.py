@@ -17,6 +17,16 @@ from kdrepro.splits import Split
 SAMPLED_CHUNK_ELEMENTS = 32_768  # (user, candidate) pairs scored at once under loo_sampled on CPU
 
 
+class NonFiniteScoresError(FloatingPointError):
+    """A model scored an item NaN or +inf: its metrics would be meaningless (a divergent fit)."""
+
+
+def _refuse_non_finite(values: torch.Tensor, where: str) -> None:
+    # -inf is how masked items are excluded, so only NaN and +inf are refused here.
+    if bool(torch.isnan(values).any() or torch.isposinf(values).any()):
+        raise NonFiniteScoresError(f"the model gives non-finite scores ({where}); a divergent fit is not evaluated")
+
+
 def gather_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSR look-up without a Python loop: (position of each row in ``rows``, value) for every stored entry."""
     counts = indptr[rows + 1] - indptr[rows]
@@ -56,7 +66,9 @@ def rank_full(
         for indptr, items in masks:
             rows, cols = gather_rows(indptr, items, batch)
             scores[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = -torch.inf
-        yield batch, scores.topk(top_k, dim=1).indices
+        top = scores.topk(top_k, dim=1)
+        _refuse_non_finite(top.values, "full ranking")  # NaN and +inf sort first, so the top-k shows them
+        yield batch, top.indices
 
 
 @torch.no_grad()
@@ -107,6 +119,7 @@ def _evaluate_sampled(model, split, held_users, held_items, names, ks, batch_siz
         users = torch.as_tensor(held_users[lo : lo + chunk], device=device)
         cands = torch.as_tensor(candidates[lo : lo + chunk], device=device)
         scores = model.score(users, cands)  # (B, 1 + negatives)
+        _refuse_non_finite(scores, "sampled candidates")
         # Pessimistic about ties: a negative scoring exactly like the held-out item ranks above it.
         negatives = scores[:, 1:]
         above = torch.nextafter(negatives, torch.full_like(negatives, torch.inf))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -49,11 +50,31 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_negatives", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite {'positive' if name == 'lr' else 'non-negative'} "
+                                 f"number, got {value}")
         if self.patience < 0:
             raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class DivergenceError(FloatingPointError):
+    """A fit whose loss or parameters became non-finite: an error, never a result (nothing is stored)."""
+
+    def __init__(self, epoch: int, term: str, lr: float, detail: str) -> None:
+        self.epoch, self.term, self.lr = epoch, term, lr
+        super().__init__(f"training diverged at epoch {epoch}: {detail} (loss term {term!r}, lr={lr:g}); "
+                         f"lower the learning rate or check the method's weights")
+
+
+def _check_finite_parameters(named: list[tuple[str, nn.Parameter]], epoch: int, lr: float) -> None:
+    for name, param in named:
+        if not bool(torch.isfinite(param).all()):
+            raise DivergenceError(epoch, "parameters", lr, f"parameter {name!r} holds NaN or inf")
 
 
 @dataclass
@@ -133,7 +154,9 @@ def fit(
     monitor = DEFAULT_MONITOR[split.protocol] if config.monitor == "auto" else config.monitor
     base_loss = BASE_LOSSES.get(config.loss)
 
-    params = list(model.parameters()) + (list(distill.parameters()) if distill is not None else [])
+    named_params = list(model.named_parameters()) + (
+        [(f"distill.{n}", p) for n, p in distill.named_parameters()] if distill is not None else [])
+    params = [p for _, p in named_params]
     optimizer = _make_optimizer(params, config, device)
     sampler = NegativeSampler(split)
     train_users = torch.from_numpy(split.train_users)
@@ -171,7 +194,11 @@ def fit(
             optimizer.step()
             model.constrain()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
+                number = float(value.detach())
+                if not math.isfinite(number):
+                    raise DivergenceError(epoch, name, config.lr, f"loss term {name!r} is {number}")
+                totals[name] = totals.get(name, 0.0) + number
+        _check_finite_parameters(named_params, epoch, config.lr)
         record = {"epoch": epoch, "loss": sum(totals.values()), **{f"loss/{k}": v for k, v in totals.items()},
                   "train_s": time.perf_counter() - epoch_start}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
