@@ -456,7 +456,9 @@ class KDSetting:
     ``{base: {method: {...}}}`` per base model. ``top_n``/``top_n_users``: length of the teacher's cached
     rankings (RRD's N must not exceed ``top_n``). Teachers and students without distillation are trained
     exactly as in chapter 00 (:func:`run_grid`), so they load from its cache; the teacher of seed ``s``
-    teaches the students of seed ``s``.
+    teaches the students of seed ``s``. ``teacher_train_config``: how the teachers are trained when it
+    differs from the students' ``train_config`` (TD's students run a fixed 101 epochs while the teacher
+    keeps chapter 00's early-stopped protocol); ``None``: the same.
     """
 
     split: Split
@@ -469,6 +471,7 @@ class KDSetting:
     top_n: int = 500
     top_n_users: int = 500
     cache_dir: str | os.PathLike | None = None
+    teacher_train_config: TrainConfig | None = None
 
     def method_configs(self, base: str) -> dict[str, dict]:
         """``{method name: overrides}`` of this setting for ``base``."""
@@ -762,7 +765,8 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
         train_config = train_config_for(base, setting.train_config)
         if (base, seed) not in teachers_by:
             teacher_config = ModelConfig(base, setting.teacher_dims[base])
-            teachers_by[(base, seed)] = teachers.get(teacher_config, split, train_config, seed,
+            teacher_train = train_config_for(base, setting.teacher_train_config or setting.train_config)
+            teachers_by[(base, seed)] = teachers.get(teacher_config, split, teacher_train, seed,
                                                      cache_dir=setting.cache_dir)
         teacher = teachers_by[(base, seed)]
         dim = _student_dim(setting, run, base)

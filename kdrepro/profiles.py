@@ -154,6 +154,9 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "PROBE_SEEDS": [0, 1],
             "RELATIONAL_K": 20,
             "RELATIONAL_ANCHORS": 50,
+            "TEACHER_EPOCHS": 2,  # chapter 00's smoke teacher (loaded from its cache)
+            "TEACHER_PATIENCE": 0,
+            "TEACHER_EVAL_EVERY": 1,
         },
         "quick": {
             # BPR-MF only; teacher and undistilled student load from chapter 00's loo_full quick cache. DE and
@@ -171,9 +174,21 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "ASSIGNMENTS": ["HTD"],
             "PHIS": [0.05, 0.1, 1.0],
             "PHI_METHODS": ["Student", "FTD"],
+            "TEACHER_EPOCHS": 40,  # chapter 00's quick teacher (loaded from its cache)
+            "TEACHER_PATIENCE": 2,
+            "TEACHER_EVAL_EVERY": 5,
         },
         "paper": {
             "MODELS": ["bpr", "neumf", "lightgcn"],
+            # Students follow the TD authors' schedule: 101 epochs, no early stopping, Recall@50 every 10
+            # epochs, best epoch selected on validation (their notebook read the test curve). Teachers keep
+            # chapter 00's paper protocol (early stopping) and load from its cache.
+            "EPOCHS": 101,
+            "PATIENCE": 0,
+            "EVAL_EVERY": 10,
+            "TEACHER_EPOCHS": 1000,
+            "TEACHER_PATIENCE": 20,
+            "TEACHER_EVAL_EVERY": 1,
         },
     },
     "04_relaxed_ranking_distillation": {

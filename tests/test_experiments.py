@@ -57,3 +57,15 @@ def test_distilled_students_are_trained_once_and_keyed_by_their_config(tmp_path)
     other = experiments.run_kd(setting, experiments.sweep_runs("RRD", {"rrd.lambda_rrd": [0.5]}))
     assert not other.fits["from_cache"].iloc[0]  # another config is another student
     assert len(list((tmp_path / "students").iterdir())) == 2
+
+
+def test_teachers_follow_their_own_schedule_and_students_the_setting_s(tmp_path):
+    """TD's chapter: students 3 epochs without early stopping, the teacher 2 epochs (its own config)."""
+    dataset = data.synthetic(num_users=100, num_items=150, seed=2)
+    split = splits.make_split(dataset, "loo_full", 0)
+    students = TrainConfig(epochs=3, eval_every=1, patience=0, progress=False, device="cpu")
+    teacher = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
+    setting = experiments.KDSetting(split, ["bpr"], [0], students, {"bpr": 16}, {"bpr": 4},
+                                    cache_dir=tmp_path / "teachers", teacher_train_config=teacher)
+    runs = experiments.run_kd(setting, experiments.method_runs(["Teacher", "Student", "FTD"]))
+    assert runs.fits.set_index("method")["epochs_run"].to_dict() == {"Teacher": 2, "Student": 3, "FTD": 3}
