@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass
 
 from kdrepro.models.base import Recommender
 from kdrepro.models.cml import CML
+from kdrepro.models.item_ae import ItemAE
 from kdrepro.models.lightgcn import LightGCN
 from kdrepro.models.mf import MF
 from kdrepro.models.neumf import NeuMF
+from kdrepro.models.vae import MultVAE
 from kdrepro.splits import Split
 
-MODELS = {"bpr": MF, "mf": MF, "neumf": NeuMF, "lightgcn": LightGCN, "cml": CML}
+MODELS = {"bpr": MF, "mf": MF, "neumf": NeuMF, "lightgcn": LightGCN, "cml": CML, "vae": MultVAE, "item_ae": ItemAE}
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ def build(config: ModelConfig, split: Split) -> Recommender:
     if cls is LightGCN:
         return LightGCN(split.num_users, split.num_items, config.dim, split.train_users, split.train_items,
                         num_layers=config.num_layers)
+    if cls in (MultVAE, ItemAE):  # the autoencoders read whole training rows
+        return cls(split.num_users, split.num_items, config.dim, split.train_users, split.train_items)
     return cls(split.num_users, split.num_items, config.dim)
 
 
-__all__ = ["CML", "MF", "MODELS", "LightGCN", "ModelConfig", "NeuMF", "Recommender", "build"]
+__all__ = ["CML", "ItemAE", "MF", "MultVAE", "MODELS", "LightGCN", "ModelConfig", "NeuMF", "Recommender", "build"]

@@ -13,11 +13,15 @@ class Recommender(nn.Module):
     - ``score_all(users)``: (B,) → (B, num_items).
     - ``user_repr(users)`` / ``item_repr(items)``: the representation latent KD distills, (B, repr_dim).
     - ``constrain()``: called after every optimizer step (CML's unit-ball projection); a no-op here.
+    - ``row_side``: ``None`` for models trained on (user, item) pairs; ``"users"`` or ``"items"`` for
+      models trained on whole rows of the training matrix (the autoencoders), which then implement
+      ``reconstruct(ids)`` → (scores (B, num_cols) of the rows' reconstruction, {name: own loss term}).
     """
 
     num_users: int
     num_items: int
     dim: int
+    row_side: str | None = None
 
     @property
     def repr_dim(self) -> int:
@@ -37,6 +41,9 @@ class Recommender(nn.Module):
 
     def constrain(self) -> None:
         return None
+
+    def reconstruct(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} trains on (user, item) pairs, not on rows")
 
 
 class Embedding(nn.Embedding):
