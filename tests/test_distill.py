@@ -23,7 +23,8 @@ from kdrepro.types import Batch
 SPECS = [*METHODS, "de+rrd", "rrd+ir"]
 TOP_N = 50  # the test teacher's ranking length
 # Methods reading the teacher's ranking use its 50 entries; other defaults already fit the small data.
-SMALL = {name: {"top_n": TOP_N} for name, config in CONFIGS.items() if "top_n" in config.__dataclass_fields__}
+SMALL = {name: {field: TOP_N for field in ("top_n", "rrd_top_n") if field in config.__dataclass_fields__}
+         for name, config in CONFIGS.items() if "top_n" in config.__dataclass_fields__}
 STUDENT_DIM = 8
 
 

@@ -42,11 +42,14 @@ def make(spec, split, teacher, seed=0, **overrides):
         if name == "phr":
             return PHR(PHRConfig(**overrides.get("phr", {})), teacher, split, STUDENT_DIM, seed)
         if name == "ir":
-            return IR(IRConfig(top_n=TOP_N, **overrides.get("ir", {})), teacher, split, STUDENT_DIM, seed)
+            return IR(IRConfig(top_n=TOP_N, rrd_top_n=TOP_N, **overrides.get("ir", {})), teacher, split,
+                      STUDENT_DIM, seed)
         return RRD(RRDConfig(top_n=TOP_N, **overrides.get("rrd", {})), teacher, split, STUDENT_DIM, seed)
 
-    methods = [one(name) for name in spec.split("+")]
-    return methods[0] if len(methods) == 1 else Combined(methods)
+    methods = {name: one(name) for name in spec.split("+")}
+    if "rrd" in methods and "ir" in methods:  # as distill.build does for IR-RRD
+        methods["ir"].share_user_side(methods["rrd"])
+    return methods[spec] if len(methods) == 1 else Combined(list(methods.values()))
 
 
 def make_batch(split, size=256, seed=0):
@@ -243,9 +246,25 @@ def test_ir_sampling_is_deterministic_and_respects_constraints(split, teacher):
     assert torch.equal(direct.samples[:, :10], topk[:, :10])
 
 
-def test_ir_scores_the_items_of_the_batch(split, teacher):
+def test_ir_covers_the_items_of_the_batch_users_rrd_sets(split, teacher):
+    """By hand: users 0 and 2 in the batch, their RRD sets {4, 1 | 9, 4} and {7, 3 | 1, 8}: I_B = {1, 3, 4, 7,
+    8, 9}; the batch's own positives (5) and negatives (6) are not in it unless a set holds them."""
+    method = make("ir", split, teacher, ir={"rrd_num_interesting": 2, "rrd_num_uninteresting": 2})
+    assert method.user_sets.samples.shape == (split.num_users, 4)
+    method.user_sets.samples[0] = torch.tensor([4, 1, 9, 4])
+    method.user_sets.samples[2] = torch.tensor([7, 3, 1, 8])
+    batch = Batch(users=torch.tensor([2, 0, 2]), pos=torch.tensor([5, 5, 5]), neg=torch.tensor([[6], [6], [6]]),
+                  epoch=1)
+    assert method.batch_items(batch).tolist() == [1, 3, 4, 7, 8, 9]
+
+
+def test_ir_loss_by_hand_on_its_item_set(split, teacher):
     method, model, batch = make("ir", split, teacher), student(split), make_batch(split)
-    items = torch.unique(torch.cat([batch.pos, batch.neg.reshape(-1)]))
+    rrd_sets = method.user_sets.samples[torch.unique(batch.users)]
+    items = torch.unique(rrd_sets)
+    assert torch.equal(method.batch_items(batch), items)
+    pos_neg = torch.unique(torch.cat([batch.pos, batch.neg.reshape(-1)]))
+    assert len(items) > len(pos_neg)  # the authors' set is the larger one
     users = method.samples[items]
     scores = item_side_scores(model, items, users).detach()
     assert scores.shape == users.shape
@@ -256,6 +275,19 @@ def test_ir_scores_the_items_of_the_batch(split, teacher):
         for j in range(len(items)) for i in range(k)
     )
     assert method(model, batch)["ir"].item() == pytest.approx(method.config.lambda_ir * by_hand, rel=1e-4)
+
+
+def test_ir_alone_and_ir_rrd_cover_the_same_item_sets(split, teacher):
+    """IR alone draws its user-side sets first, as RRD does in IR-RRD: one seed, one set of items."""
+    alone, combined = make("ir", split, teacher), make("rrd+ir", split, teacher)
+    alone.on_epoch_start(1, torch.Generator().manual_seed(3))
+    combined.on_epoch_start(1, torch.Generator().manual_seed(3))
+    rrd, ir = combined
+    assert ir.user_sets is rrd and not ir.owns_user_sets
+    assert torch.equal(alone.user_sets.samples, rrd.samples)
+    assert torch.equal(alone.samples, ir.samples)
+    batch = make_batch(split)
+    assert torch.equal(alone.batch_items(batch), ir.batch_items(batch))
 
 
 def test_item_side_scores_mirror_equals_the_flat_fallback(split):
@@ -287,6 +319,7 @@ def test_ir_lower_when_the_student_agrees(split, teacher):
     k, num_other = method.config.num_interesting, method.config.num_uninteresting
     item = 3
     item_users = method.samples[item]
+    method.user_sets.samples[0] = item  # user 0's RRD sets hold only this item: I_B = {item}
     single = Batch(users=torch.tensor([0]), pos=torch.tensor([item]), neg=torch.tensor([[item]]), epoch=1)
 
     def loss(interesting, uninteresting):
@@ -313,6 +346,7 @@ def test_ir_rejects_a_short_teacher_ranking(split, teacher):
 def test_ir_rrd_is_the_sum_of_rrd_and_ir(split, teacher):
     combined = make("rrd+ir", split, teacher)
     rrd, ir = make("rrd", split, teacher), make("ir", split, teacher)
+    ir.share_user_side(rrd)
     # The same draws: the combination samples RRD's items first, then IR's users, from one generator.
     combined.on_epoch_start(1, torch.Generator().manual_seed(4))
     shared = torch.Generator().manual_seed(4)

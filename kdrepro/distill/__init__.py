@@ -104,6 +104,9 @@ def build(
         METHODS[name](make_config(name, configs.get(name)), teacher, split, student_repr_dim, seed)
         for name in names
     ]
+    by_name = dict(zip(names, methods, strict=True))
+    if "rrd" in by_name and "ir" in by_name:  # IR-RRD: IR covers the items of RRD's own per-user draw
+        by_name["ir"].share_user_side(by_name["rrd"])
     return methods[0] if len(methods) == 1 else Combined(methods)
 
 

@@ -9,16 +9,23 @@ the item's training users and its teacher top-N. With r_{u,i} the student's scor
 
     L_IR = −Σ_i Σ_{k=1..K} [ r_{π_k,i} − log( Σ_{l≥k} e^{r_{π_l,i}} + Σ_{u ∈ U⁻(i)} e^{r_{u,i}} ) ],
 
-summed over the distinct items of each batch (positives ∪ negatives) with samples redrawn every epoch.
-IR-RRD is L_base + λ_RRD L_RRD + λ_IR L_IR: build it as ``"rrd+ir"`` through the registry (a
+summed over the items I_B of each batch, with samples redrawn every epoch. I_B is the authors' item set:
+the distinct items of the batch users' RRD "interesting" ∪ "uninteresting" sets (``unique(S[users])``
+with S the (U, K_RRD + L_RRD) per-user draw of :class:`~kdrepro.distill.rrd.RRD`): on CiteULike about 16k
+items per batch of 1,024 pairs, some 9× the batch's positives ∪ negatives (~1.9k). IR-RRD is
+L_base + λ_RRD L_RRD + λ_IR L_IR: build it as ``"rrd+ir"`` through the registry (a
 :class:`kdrepro.distill.Combined` of :class:`~kdrepro.distill.rrd.RRD` and :class:`IR`), not as a
-separate method. The listwise loss and the rank sampler are RRD's own
+separate method; :func:`kdrepro.distill.build` then points IR at RRD's own per-user draw
+(:meth:`IR.share_user_side`), so both terms cover the same sets, as in the authors' code. IR alone draws
+those sets itself with RRD's sampler (``rrd_*`` fields, RRD's defaults); its draws come first from the
+generator, exactly as RRD's do in IR-RRD, so the same seed gives IR alone and IR-RRD the same item sets. The listwise loss and the rank sampler are RRD's own
 (:func:`~kdrepro.distill.rrd.relaxed_ranking_loss`,
 :func:`~kdrepro.distill.rrd.sample_interesting_positions`);
 uninteresting users come from :func:`~kdrepro.sampling.sample_outside` with the roles of users and
 items swapped (rows are items, columns users).
 
-Defaults follow the authors' settings: N = 500, K = L = 20, T = 10, λ_IR = 5e-4.
+Defaults follow the authors' settings: N = 500, K = L = 20, T = 10, λ_IR = 5e-4; the user-side sets of IR
+alone: RRD's N = 500, K = L = 40, T = 10.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive
-from kdrepro.distill.rrd import SAMPLINGS, RRDConfig, relaxed_ranking_loss, sample_interesting_positions
+from kdrepro.distill.rrd import RRD, SAMPLINGS, RRDConfig, relaxed_ranking_loss, sample_interesting_positions
 from kdrepro.sampling import PairSet, sample_outside
 
 if TYPE_CHECKING:
@@ -46,18 +53,32 @@ class IRConfig:
     num_uninteresting: int = 20  # L (uninteresting users per item)
     temperature: float = 10.0  # T in P(rank) ∝ exp(−(rank+1)/T)
     sampling: str = "rank"  # "rank": sample K of the top-N by rank (paper); "none": the teacher's top-K users
+    # The per-user RRD sets whose items I_B IR covers, drawn by IR itself when it runs without RRD (with RRD,
+    # "rrd+ir", RRD's own draw is used and these are ignored). RRD's defaults.
+    rrd_top_n: int = 500  # RRD's N
+    rrd_num_interesting: int = 40  # RRD's K (interesting items per user)
+    rrd_num_uninteresting: int = 40  # RRD's L (uninteresting items per user)
 
     def __post_init__(self) -> None:
         check_choice("IRConfig.sampling", self.sampling, SAMPLINGS)
-        check_positive(self, "top_n", "num_interesting", "num_uninteresting", "temperature")
+        check_positive(self, "top_n", "num_interesting", "num_uninteresting", "temperature", "rrd_top_n",
+                       "rrd_num_interesting", "rrd_num_uninteresting")
         if self.num_interesting > self.top_n:
             raise ValueError(f"IRConfig.num_interesting={self.num_interesting} exceeds top_n={self.top_n}")
+        if self.rrd_num_interesting > self.rrd_top_n:
+            raise ValueError(f"IRConfig.rrd_num_interesting={self.rrd_num_interesting} exceeds "
+                             f"rrd_top_n={self.rrd_top_n}")
 
     def rank_sampling(self) -> RRDConfig:
         """The same sampling settings in the form RRD's position sampler reads."""
         return RRDConfig(top_n=self.top_n, num_interesting=self.num_interesting,
                          num_uninteresting=self.num_uninteresting, temperature=self.temperature,
                          sampling=self.sampling)
+
+    def user_side(self) -> RRDConfig:
+        """The RRD settings of the per-user sets whose items IR covers (when IR draws them itself)."""
+        return RRDConfig(top_n=self.rrd_top_n, num_interesting=self.rrd_num_interesting,
+                         num_uninteresting=self.rrd_num_uninteresting)
 
 
 def item_side_scores(student: Recommender, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -116,7 +137,15 @@ class IR(DistillLoss):
         # Per item: interesting users (teacher's order) then uninteresting users; redrawn every epoch.
         samples = torch.empty(split.num_items, width, dtype=torch.long)
         self.register_buffer("samples", samples, persistent=False)
+        # The per-user RRD sets (S): IR's own draw, until share_user_side hands it RRD's.
+        self.user_sets = RRD(config.user_side(), teacher, split, student_repr_dim, seed)
+        self.owns_user_sets = True
         self.on_epoch_start(0, self.generator)
+
+    def share_user_side(self, rrd: RRD) -> None:
+        """Cover the items of ``rrd``'s own per-user draw (IR-RRD), which ``rrd`` redraws every epoch."""
+        self.user_sets = rrd
+        self.owns_user_sets = False
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         """(I, K + L) users per item: the interesting ones in the teacher's order, then the uninteresting."""
@@ -130,10 +159,16 @@ class IR(DistillLoss):
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         super().on_epoch_start(epoch, generator)
+        if self.owns_user_sets:  # drawn first, as RRD's are in IR-RRD (where RRD redraws its own)
+            self.user_sets.on_epoch_start(epoch, generator)
         self.samples = self.sample(generator).to(self.samples.device)
 
+    def batch_items(self, batch: Batch) -> torch.Tensor:
+        """I_B: the distinct items of the batch users' RRD interesting ∪ uninteresting sets, sorted."""
+        return torch.unique(self.user_sets.samples[torch.unique(batch.users)])
+
     def forward(self, student: Recommender, batch: Batch) -> dict[str, torch.Tensor]:
-        items = torch.unique(torch.cat([batch.pos, batch.neg.reshape(-1)]))
+        items = self.batch_items(batch)
         scores = item_side_scores(student, items, self.samples[items])
         k = self.config.num_interesting
         return {"ir": self.config.lambda_ir * relaxed_ranking_loss(scores[:, :k], scores[:, k:])}
