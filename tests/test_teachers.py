@@ -14,7 +14,7 @@ def test_teacher_is_trained_once_and_reloaded(synthetic_splits, tmp_path):
     split = synthetic_splits["loo_full"]
     first = teachers.get(ModelConfig("bpr", 16), split, CFG, seed=1, cache_dir=tmp_path)
     files = sorted(p.name for p in first.path.iterdir())
-    assert files == ["config.json", "history.json", "metrics.json", "model.pt"]
+    assert files == ["config.json", "history.json", "manifest.json", "metrics.json", "model.pt"]
     config = json.loads((first.path / "config.json").read_text())
     assert config["model"]["dim"] == 16 and config["seed"] == 1
     mtime = (first.path / "model.pt").stat().st_mtime_ns
