@@ -133,6 +133,16 @@ def selected_results(results: pd.DataFrame, selection: pd.DataFrame) -> pd.DataF
     return rows.drop(columns=grid)
 
 
+def selected_configs(selection: pd.DataFrame, grid_keys: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``{base: {grid key: selected value}}`` from a :func:`select_on_validation` table (one protocol), as
+    plain Python numbers, to merge into a chapter's per-base method configs (RD's K and λ in chapter 04)."""
+    chosen = selection[selection["selected"]]
+    if chosen["base"].duplicated().any():
+        raise ValueError("one selected config per base expected: select within one protocol")
+    return {row["base"]: {key: row[key].item() if hasattr(row[key], "item") else row[key] for key in grid_keys}
+            for _, row in chosen.iterrows()}
+
+
 def grid_panels(
     selection: pd.DataFrame, index: str, columns: str, value: str = "valid_mean"
 ) -> dict[str, pd.DataFrame]:
@@ -512,6 +522,6 @@ def popularity_plot(breakdown: pd.DataFrame, reference: str = "Student", ax=None
 __all__ = [
     "bridge_pair_table", "bridge_similarity", "bridge_similarity_plot", "curve_summary", "de_groups",
     "grid_panels", "parse_claim", "per_user_metrics", "popularity_breakdown", "popularity_groups",
-    "popularity_plot", "sample_pairs", "seed_claims", "select_on_validation", "selected_results",
+    "popularity_plot", "sample_pairs", "seed_claims", "select_on_validation", "selected_configs", "selected_results",
     "training_panels", "validation_scores",
 ]

@@ -208,6 +208,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "GRID_LAMBDA_RRD": [0.001, 0.01],
             "LAMBDAS_RRD": [0.001, 0.01],
             "RRD_KS": [5, 10],
+            "RD_GRID_TOP_K": [5, 10],
+            "RD_GRID_POSITION_T": [1.0],
         },
         "quick": {
             # BPR-MF only; teachers, undistilled students and DE load from chapters 00 and 01 (same settings:
@@ -224,6 +226,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "GRID_LAMBDA_RRD": [0.001],
             "LAMBDAS_RRD": [0.001, 0.01],
             "RRD_KS": [20, 40],
+            "RD_GRID_TOP_K": [10, 20],  # two RD fits (~1 s an epoch each)
+            "RD_GRID_POSITION_T": [1.0],
         },
         "paper": {
             "MODELS": ["bpr", "neumf"],

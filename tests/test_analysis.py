@@ -193,3 +193,14 @@ def test_tied_sweep_and_per_user_breakdown(tiny_setting):
     assert (curves["drop"] >= 0).all() and set(curves["method"]) == {"Student", "IR"}
     assert analysis.popularity_plot(table) is not None
     assert analysis.training_panels(kd.histories, ["loss/base", "valid/HR@5"]) is not None
+
+
+def test_selected_configs_returns_plain_values_per_base():
+    selection = pd.DataFrame({"base": ["bpr", "bpr", "neumf"], "num_topk": [10, 20, 5],
+                              "position_temperature": [1.0, 5.0, 1.0], "selected": [False, True, True]})
+    chosen = analysis.selected_configs(selection, ["num_topk", "position_temperature"])
+    assert chosen == {"bpr": {"num_topk": 20, "position_temperature": 5.0},
+                      "neumf": {"num_topk": 5, "position_temperature": 1.0}}
+    assert type(chosen["bpr"]["num_topk"]) is int
+    with pytest.raises(ValueError, match="one selected config per base"):
+        analysis.selected_configs(selection.assign(selected=True), ["num_topk"])

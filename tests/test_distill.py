@@ -12,11 +12,18 @@ from kdrepro import teachers
 from kdrepro.distill import CONFIGS, METHODS, Combined, build
 from kdrepro.distill.cd import discrepancy_log_weights, estimate_rank, soft_label_bce
 from kdrepro.distill.de import ExpertBank, de_loss, expert_selection
-from kdrepro.distill.rd import position_weights, ranking_distillation_loss
+from kdrepro.distill.rd import (
+    RD,
+    RDConfig,
+    discrepancy_weights,
+    hybrid_weights,
+    position_weights,
+    ranking_distillation_loss,
+)
 from kdrepro.distill.rrd import relaxed_ranking_loss
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
-from kdrepro.sampling import PairSet
+from kdrepro.sampling import PairSet, sample_outside
 from kdrepro.train import NegativeSampler, TrainConfig, fit
 from kdrepro.types import Batch
 
@@ -343,6 +350,58 @@ def test_rd_by_hand():
     assert ranking_distillation_loss(scores, weights).item() == pytest.approx(by_hand, rel=1e-6)
     assert ranking_distillation_loss(torch.full((1, 3), 5.0), weights) < ranking_distillation_loss(
         torch.full((1, 3), -5.0), weights)
+
+
+def test_rd_dynamic_weight_by_hand():
+    # Teacher places r_t = 0, 1, 2; the student's estimated places 5, 1, 0; mu = 0.5:
+    # w^b = tanh(max(0.5 * (5, 0, -2), 0)) = (tanh 2.5, 0, 0).
+    discrepancy = discrepancy_weights(torch.tensor([[5.0, 1.0, 0.0]]), 0.5)
+    torch.testing.assert_close(discrepancy, torch.tensor([[math.tanh(2.5), 0.0, 0.0]]))
+    position = position_weights(3, 1.0)
+    # Hybrid: w^a w^b normalised per user; one positive entry takes all the weight; an all-zero row stays 0.
+    hybrid = hybrid_weights(position, torch.tensor([[math.tanh(2.5), 0.0, 0.0], [0.0, 0.0, 0.0],
+                                                    [0.5, 0.5, 0.0]]))
+    a = position.tolist()
+    torch.testing.assert_close(hybrid, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0],
+                                                     [a[0] / (a[0] + a[1]), a[1] / (a[0] + a[1]), 0.0]]))
+
+
+def test_rd_pairwise_loss_by_hand():
+    weights = torch.tensor([[0.7, 0.3]])
+    top, negative = torch.tensor([[2.0, 0.5]]), torch.tensor([[1.0, 1.5]])
+    by_hand = -(0.7 * math.log(1 / (1 + math.exp(-1.0))) + 0.3 * math.log(1 / (1 + math.exp(1.0))))
+    assert ranking_distillation_loss(top, weights, negative).item() == pytest.approx(by_hand, rel=1e-6)
+    # Shifting every score of a user by the same amount leaves the pairwise term unchanged (BPR's invariance).
+    assert ranking_distillation_loss(top + 3, weights, negative + 3).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_rd_uses_position_weights_before_the_start_epoch_and_the_hybrid_after(split, teacher):
+    method = RD(RDConfig(num_topk=5, dynamic_start_epoch=3, rank_samples=50, discrepancy_scale=0.2), teacher,
+                split, STUDENT_DIM)
+    model, users = student(split), torch.arange(6)
+    scores = model.score(users, method.teacher_topk[users]).detach()
+    early = method.batch_weights(model, users, scores, epoch=2)
+    torch.testing.assert_close(early, position_weights(5, 1.0).expand(6, 5))
+    method.generator = torch.Generator().manual_seed(11)
+    late = method.batch_weights(model, users, scores, epoch=3)
+    # By hand from the same draws: the share of sampled items above each top-K item, times I, vs r_t.
+    sampled = torch.randint(split.num_items, (6, 50), generator=torch.Generator().manual_seed(11))
+    sampled_scores = model.score(users, sampled).detach()
+    ranks = (sampled_scores.unsqueeze(1) > scores.unsqueeze(2)).sum(2).float() * split.num_items / 50
+    dynamic = torch.tanh((0.2 * (ranks - torch.arange(5.0))).clamp(min=0))
+    expected = position_weights(5, 1.0) * dynamic
+    expected = expected / expected.sum(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    torch.testing.assert_close(late, expected)
+
+
+def test_rd_pairwise_negatives_avoid_training_and_top_k_items(split, teacher):
+    method = RD(RDConfig(num_topk=5), teacher, split, STUDENT_DIM)
+    train_users, train_items = split.train_tensors()
+    users = torch.arange(split.num_users)
+    drawn = sample_outside(method.excluded, users, 5, torch.Generator().manual_seed(0))
+    observed = PairSet(train_users, train_items, split.num_users, split.num_items)
+    assert not bool(observed.contains(users.unsqueeze(1).expand(-1, 5), drawn).any())
+    assert not bool((drawn.unsqueeze(2) == method.teacher_topk.unsqueeze(1)).any())
 
 
 # --------------------------------------------------------------------------------------------------
