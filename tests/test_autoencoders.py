@@ -54,7 +54,8 @@ def test_vae_kl_term_by_hand_and_its_annealing(synthetic_splits):
     model = build(ModelConfig("vae", 4), split).eval()
     users = torch.arange(5)
     mean, log_var = model.posterior(users)
-    kl = 0.5 * sum(float(m**2 + np.exp(v) - v - 1) for m, v in zip(mean.flatten().tolist(), log_var.flatten().tolist(), strict=True))
+    pairs = zip(mean.flatten().tolist(), log_var.flatten().tolist(), strict=True)
+    kl = 0.5 * sum(float(m**2 + np.exp(v) - v - 1) for m, v in pairs)
     logits, extra = model.reconstruct(users)
     assert logits.shape == (5, split.num_items)
     assert float(extra["kl"]) == 0.0  # β = 0 before any training step

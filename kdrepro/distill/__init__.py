@@ -19,9 +19,11 @@ from torch import nn
 
 from kdrepro.distill.base import DistillLoss
 from kdrepro.distill.cd import CD, CDConfig
+from kdrepro.distill.dcd import DCD, DCDConfig
 from kdrepro.distill.de import DE, DEConfig
 from kdrepro.distill.fitnet import FitNet, FitNetConfig
 from kdrepro.distill.ftd import FTD, FTDConfig
+from kdrepro.distill.hetcomp import HetComp, HetCompConfig
 from kdrepro.distill.htd import HTD, HTDConfig
 from kdrepro.distill.ir import IR, IRConfig
 from kdrepro.distill.phr import PHR, PHRConfig
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 # separate implementations.
 METHODS: dict[str, type[DistillLoss]] = {
     "de": DE, "rrd": RRD, "rd": RD, "cd": CD, "phr": PHR, "ir": IR, "fitnet": FitNet, "ftd": FTD, "htd": HTD,
+    "dcd": DCD, "hetcomp": HetComp,
 }
 CONFIGS = {name: method.Config for name, method in METHODS.items()}
 
@@ -112,6 +115,7 @@ def build(
 
 __all__ = [
     "CONFIGS", "METHODS", "CD", "CDConfig", "Combined", "DE", "DEConfig", "DistillLoss", "FTD", "FTDConfig",
+    "DCD", "DCDConfig", "HetComp", "HetCompConfig",
     "FitNet", "FitNetConfig", "HTD", "HTDConfig", "IR", "IRConfig", "PHR", "PHRConfig", "RD", "RDConfig",
     "RRD", "RRDConfig", "build", "make_config", "parse",
 ]

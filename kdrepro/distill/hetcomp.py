@@ -1,0 +1,348 @@
+"""HetComp — distillation from heterogeneous teachers' training trajectories (Kang, Kweon, D. Lee, Lian, Xie,
+Yu, "Distillation from Heterogeneous Models for Top-K Recommendation", WWW 2023, arXiv 2303.01130).
+
+X teachers of different kinds (MF, CML, NeuMF, LightGCN, Mult-VAE, item-AE) each leave a **trajectory** of
+V checkpoints v = 0 … V−1 (V−1 converged), stored as top-N rankings ``rankings`` (X, V, U, N). The student
+learns from an **ensemble** ranking built from one checkpoint per (teacher, user):
+
+- **Ensemble** (this suite's choice of importance): item i's importance for user u is
+  Σ_x exp(−rank_x(u, i) / T), rank counted from 0 in teacher x's current top-N list for u (0 outside it);
+  the ensemble's top-K (K = 100) are the K most important items.
+- **Dynamic knowledge construction (DKC)**: state v_x(u) per (teacher, user), all 0 at the start. After
+  every p epochs (from epoch p on), with π_s the student's top-k (k = 50, training items excluded) and
+  D(π_s, π) = 1 − NDCG@k of π_s against the relevance "in π's top-k", teacher x moves to its next
+  checkpoint for user u when D(π_s, π_x^{v+1}) ≤ α · D(π_s, π_x^v) (the student is about as close to the
+  next checkpoint as to the current one), or when D(π_s, π_x^v) = 0; then α ← 0.995 α (α₀ = 1.05).
+  *Our reading*: the spec gives the distance, α and its decay; the exact comparison is not stated there.
+- **Adaptive knowledge transfer (AKT)**, per user: while some teacher of u is not yet at its last
+  checkpoint, the **overall** loss (weight 0.01) puts the 10 sampled observed items O_u and the ensemble
+  top-K E_u (as one set, order ignored) above L items R_u drawn uniformly from the rest:
+
+      L_overall(u) = −Σ_{i ∈ O_u ∪ E_u} [ s_ui − log( e^{s_ui} + Σ_{j ∈ R_u} e^{s_uj} ) ]
+
+  afterwards the **detailed** loss (weight 0.005): observed items above the ensemble's top-K/2, and
+  ListMLE (Plackett–Luce) on the ensemble's top-K/2 and, again, its top-K/10 (the head counted twice):
+
+      L_detailed(u) = −Σ_{o ∈ O_u} [ s_uo − log( e^{s_uo} + Σ_{j ∈ E_u[:K/2]} e^{s_uj} ) ]
+                      + ListMLE(E_u[:K/2]) + ListMLE(E_u[:K/10]),
+      ListMLE(π) = −Σ_k [ s_{π_k} − log Σ_{i ≥ k} e^{s_{π_i}} ].
+
+  *Our reading* of "ListMLE on observed items, the top-K/2 and top-K/10"; sampling the rest R_u (not all
+  remaining items) keeps an epoch cheap.
+
+The student (MF, dim 6 in the paper) trains on these terms only (``TrainConfig(loss="none")``); the loss
+covers the distinct users of each batch, samples are redrawn each epoch. The authors loop over 6 × 5,220
+users in Python; here the states, distances, ensemble and samples are tensors over all users at once.
+
+Variants (the chapter's ablations): ``construction="fixed"`` moves every teacher one checkpoint for every
+user every p epochs regardless of the student (w/o DKC); ``"converged"`` uses the converged checkpoints
+from the start (no trajectory), so AKT is in its detailed phase throughout; ``transfer="detailed"`` uses
+the detailed loss from the start (w/o AKT).
+
+Shapes: ``rankings`` (X, V, U, N) int; ``item_rankings`` (X, I, N_u) int (converged teachers' users per
+item, for the item side of DCD); every loss function below takes (B, ·) score tensors and sums over B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdrepro.distill.base import DistillLoss, check_choice, check_positive
+from kdrepro.distill.rrd import relaxed_ranking_loss
+from kdrepro.evaluate import rank_full
+from kdrepro.models import Recommender
+from kdrepro.sampling import PairSet, sample_outside
+from kdrepro.splits import Split
+from kdrepro.types import Batch, TeacherOutputs
+
+CONSTRUCTIONS = ("dynamic", "fixed", "converged")
+TRANSFERS = ("adaptive", "detailed")
+ENSEMBLE_CHUNK = 1024  # users whose (chunk, items) importance matrix is built at once (100 MB at 25k items)
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherTrajectories:
+    """The teachers' trajectories as rankings (what HetComp reads instead of :class:`TeacherOutputs`).
+
+    - ``names``: the X teachers' names, in the order of the first axis.
+    - ``rankings`` (X, V, U, N): each checkpoint's top-N items per user, best first, training items excluded.
+    - ``item_rankings`` (X, I, N_u): each converged teacher's top users per item, training users excluded.
+    - ``epochs`` (X, V): the training epoch of each checkpoint.
+    """
+
+    names: tuple[str, ...]
+    rankings: torch.Tensor
+    item_rankings: torch.Tensor
+    epochs: torch.Tensor
+
+    def __post_init__(self) -> None:
+        x, v, u, n = self.rankings.shape
+        if len(self.names) != x or tuple(self.epochs.shape) != (x, v) or self.item_rankings.shape[0] != x:
+            raise ValueError(f"trajectories disagree: {len(self.names)} names, rankings {tuple(self.rankings.shape)}, "
+                             f"item rankings {tuple(self.item_rankings.shape)}, epochs {tuple(self.epochs.shape)}")
+
+    @property
+    def num_checkpoints(self) -> int:
+        return self.rankings.shape[1]
+
+
+@dataclass(frozen=True)
+class HetCompConfig:
+    lambda_overall: float = 0.01  # weight of L_overall (AKT's first phase)
+    lambda_detailed: float = 0.005  # weight of L_detailed (AKT's second phase)
+    top_n: int = 100  # K: the ensemble's top items per user (the teachers' lists must be as long)
+    num_observed: int = 10  # |O_u|: observed items per user, sampled each epoch (with replacement)
+    num_rest: int = 100  # |R_u|: items drawn uniformly outside O_u's user's training set ∪ E_u
+    temperature: float = 10.0  # T of the ensemble importance exp(−rank/T)
+    period: int = 10  # p: epochs between knowledge constructions (the first after epoch p)
+    alpha: float = 1.05  # α: move when D(next) ≤ α · D(current)
+    alpha_decay: float = 0.995  # α ← α · decay after every construction
+    ndcg_k: int = 50  # k of the distance 1 − NDCG@k
+    construction: str = "dynamic"  # "dynamic" (DKC) | "fixed" (w/o DKC) | "converged" (no trajectory)
+    transfer: str = "adaptive"  # "adaptive" (AKT) | "detailed" (w/o AKT)
+
+    def __post_init__(self) -> None:
+        check_choice("HetCompConfig.construction", self.construction, CONSTRUCTIONS)
+        check_choice("HetCompConfig.transfer", self.transfer, TRANSFERS)
+        check_positive(self, "top_n", "num_observed", "num_rest", "temperature", "period", "alpha", "alpha_decay",
+                       "ndcg_k")
+        if self.top_n < 10:
+            raise ValueError(f"HetCompConfig.top_n={self.top_n}: the detailed loss needs K >= 10 (top-K/10)")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pure functions (hand-checked in tests/test_hetcomp.py)
+# ------------------------------------------------------------------------------------------------------
+
+
+def ensemble_topk(lists: torch.Tensor, top_k: int, temperature: float, num_items: int) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """The ensemble's top-``top_k`` per row and their importances, from X rankings ``lists`` (X, R, N).
+
+    importance(r, i) = Σ_x exp(−rank_x(r, i) / T) with rank counted from 0 (0 when i is not in the list).
+    Returns (items (R, top_k) long, importance (R, top_k)), best first.
+    """
+    x, rows, n = lists.shape
+    if n < top_k:
+        raise ValueError(f"the teachers' rankings hold {n} entries per row, fewer than top_k={top_k}")
+    weights = torch.exp(-torch.arange(n, dtype=torch.float32) / temperature).repeat(x)
+    items, values = [], []
+    for lo in range(0, rows, ENSEMBLE_CHUNK):
+        chunk = lists[:, lo : lo + ENSEMBLE_CHUNK].permute(1, 0, 2).reshape(-1, x * n).long()
+        importance = torch.zeros(len(chunk), num_items).scatter_add_(1, chunk, weights.expand(len(chunk), -1))
+        top = importance.topk(top_k, dim=1)
+        items.append(top.indices)
+        values.append(top.values)
+    return torch.cat(items), torch.cat(values)
+
+
+def ndcg_distance(student_top: torch.Tensor, teacher_top: torch.Tensor) -> torch.Tensor:
+    """(U,) 1 − NDCG@k of the student's top-k (U, k) with relevance "in the teacher's top-k" (U, k).
+
+    Binary gains 1/log2(position + 2); the ideal list has all k relevant items, so IDCG = Σ_k 1/log2(k + 1).
+    """
+    k = student_top.shape[1]
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
+    hits = (student_top.unsqueeze(2) == teacher_top.unsqueeze(1)).any(dim=2).float()  # (U, k)
+    return 1.0 - (hits * discounts).sum(1) / discounts.sum()
+
+
+def construct_knowledge(state: torch.Tensor, d_current: torch.Tensor, d_next: torch.Tensor, alpha: float,
+                        last: int) -> torch.Tensor:
+    """DKC's move: v ← v + 1 where v < last and (D(next) ≤ α · D(current) or D(current) = 0). Shapes (X, U)."""
+    move = (state < last) & ((d_next <= alpha * d_current) | (d_current == 0))
+    return state + move.long()
+
+
+def set_above_loss(top: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """−Σ_b Σ_i [ t_i − log( e^{t_i} + Σ_j e^{r_j} ) ]: every item of ``top`` (B, n) above all of ``rest`` (B, m),
+    the order inside each set ignored."""
+    log_rest = torch.logsumexp(rest, dim=1, keepdim=True)
+    return -(top - torch.logaddexp(top, log_rest)).sum()
+
+
+def listmle_loss(ordered: torch.Tensor) -> torch.Tensor:
+    """ListMLE (Xia et al., ICML'08): −Σ_b Σ_k [ s_k − log Σ_{i ≥ k} e^{s_i} ] over ``ordered`` (B, n), best first."""
+    return relaxed_ranking_loss(ordered, ordered[:, :0])
+
+
+def overall_loss(observed: torch.Tensor, top: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """AKT's first phase: observed (B, n_o) and ensemble top (B, K) items, as one set, above the rest (B, L)."""
+    return set_above_loss(torch.cat([observed, top], dim=1), rest)
+
+
+def detailed_loss(observed: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """AKT's second phase on the ensemble's top-K scores ``top`` (B, K), best first, and ``observed`` (B, n_o):
+    observed above the top-K/2, ListMLE on the top-K/2 and on the top-K/10."""
+    k = top.shape[1]
+    half, tenth = top[:, : k // 2], top[:, : k // 10]
+    return set_above_loss(observed, half) + listmle_loss(half) + listmle_loss(tenth)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The module
+# ------------------------------------------------------------------------------------------------------
+
+
+class HetComp(DistillLoss):
+    Config = HetCompConfig
+
+    def __init__(self, config: HetCompConfig, teacher: TeacherTrajectories, split: Split, student_repr_dim: int,
+                 seed: int = 0) -> None:
+        super().__init__(seed)
+        teacher = as_trajectories(teacher)
+        if teacher.rankings.shape[3] < max(config.top_n, config.ndcg_k):
+            raise ValueError(f"HetComp needs the teachers' top-{max(config.top_n, config.ndcg_k)} per checkpoint; "
+                             f"the trajectories hold {teacher.rankings.shape[3]}")
+        self.config, self.split, self.names = config, split, teacher.names
+        self.rankings = teacher.rankings  # (X, V, U, N) on the CPU: gathered from at each construction
+        self.last = teacher.num_checkpoints - 1
+        x, u = len(teacher.names), split.num_users
+        start = self.last if config.construction == "converged" else 0
+        self.state = torch.full((x, u), start, dtype=torch.long)
+        self.alpha = config.alpha
+        self.train_users, self.train_items = split.train_tensors()
+        self.indptr = torch.from_numpy(split.train_indptr)
+        if bool((self.indptr[1:] == self.indptr[:-1]).any()):
+            raise ValueError("HetComp samples observed items per user: every user needs a training interaction")
+        self.dynamics: list[dict] = []  # per construction: epoch, α, share of (teacher, user) per checkpoint
+        self.register_buffer("ensemble", torch.empty(u, config.top_n, dtype=torch.long), persistent=False)
+        self.register_buffer("detailed", torch.zeros(u, dtype=torch.bool), persistent=False)
+        self.register_buffer("samples", torch.empty(u, config.num_observed + config.num_rest, dtype=torch.long),
+                             persistent=False)
+        self._rebuild()
+        self._log(0)
+        self._prepared_epoch = -1
+
+    # -- knowledge ------------------------------------------------------------------------------------
+
+    def current_lists(self, n: int | None = None) -> torch.Tensor:
+        """(X, U, n) every teacher's ranking at its current checkpoint per user."""
+        x, u = self.state.shape
+        lists = self.rankings[torch.arange(x)[:, None], self.state, torch.arange(u)[None, :]]
+        return lists if n is None else lists[..., :n]
+
+    def _rebuild(self) -> None:
+        """The ensemble top-K of the current states, the phase per user, and the items the rest avoids."""
+        cfg = self.config
+        top, _ = ensemble_topk(self.current_lists(), cfg.top_n, cfg.temperature, self.split.num_items)
+        self.ensemble = top.to(self.ensemble.device)
+        at_last = (self.state == self.last).all(dim=0)
+        self.detailed = (at_last | torch.tensor(cfg.transfer == "detailed")).to(self.detailed.device)
+        users = torch.arange(self.split.num_users)
+        self.excluded = PairSet(torch.cat([self.train_users, users.repeat_interleave(cfg.top_n)]),
+                                torch.cat([self.train_items, top.reshape(-1)]), self.split.num_users,
+                                self.split.num_items)
+
+    @torch.no_grad()
+    def student_topk(self, student: Recommender) -> torch.Tensor:
+        """(U, k) the student's top-k items per user, training items excluded."""
+        was_training = student.training
+        student.eval()
+        ranked = torch.cat([r.cpu() for _, r in rank_full(student, self.split, "train", top_k=self.config.ndcg_k)])
+        student.train(was_training)
+        return ranked
+
+    def construct(self, student: Recommender) -> None:
+        """One knowledge construction (DKC, or the fixed schedule of the w/o-DKC ablation), then α decays."""
+        cfg = self.config
+        if cfg.construction == "dynamic":
+            student_top = self.student_topk(student)
+            x, u = self.state.shape
+            users = torch.arange(u)
+            following = (self.state + 1).clamp(max=self.last)
+            current = self.rankings[torch.arange(x)[:, None], self.state, users[None, :], : cfg.ndcg_k]
+            upcoming = self.rankings[torch.arange(x)[:, None], following, users[None, :], : cfg.ndcg_k]
+            d_current = torch.stack([ndcg_distance(student_top, current[t].long()) for t in range(x)])
+            d_next = torch.stack([ndcg_distance(student_top, upcoming[t].long()) for t in range(x)])
+            self.state = construct_knowledge(self.state, d_current, d_next, self.alpha, self.last)
+        elif cfg.construction == "fixed":
+            self.state = (self.state + 1).clamp(max=self.last)
+        self.alpha *= cfg.alpha_decay
+        self._rebuild()
+
+    def _log(self, epoch: int) -> None:
+        for t, name in enumerate(self.names):
+            shares = torch.bincount(self.state[t], minlength=self.last + 1).float() / self.state.shape[1]
+            self.dynamics.append({"epoch": epoch, "teacher": name, "alpha": self.alpha,
+                                  "detailed_share": float(self.detailed.float().mean()),
+                                  **{f"v{v}": float(s) for v, s in enumerate(shares)}})
+
+    # -- per epoch ------------------------------------------------------------------------------------
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """(U, n_o + L): observed items (uniform over the user's training items) then the uniform rest."""
+        cfg = self.config
+        counts = self.indptr[1:] - self.indptr[:-1]
+        picks = (torch.rand(len(counts), cfg.num_observed, generator=generator) * counts[:, None]).long()
+        observed = self.train_items[self.indptr[:-1, None] + picks]
+        rest = sample_outside(self.excluded, torch.arange(len(counts)), cfg.num_rest, generator)
+        return torch.cat([observed, rest], dim=1)
+
+    def prepare(self, student: Recommender, epoch: int) -> None:
+        """At the first batch of an epoch: a construction after every p epochs, then this epoch's samples."""
+        completed = epoch - 1
+        if self.config.construction != "converged" and completed >= self.config.period and \
+                completed % self.config.period == 0:
+            self.construct(student)
+            self._log(completed)
+        self.samples = self.sample(self.generator).to(self.samples.device)
+        self._prepared_epoch = epoch
+
+    def forward(self, student: Recommender, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.epoch != self._prepared_epoch:
+            self.prepare(student, batch.epoch)
+        cfg = self.config
+        users = torch.unique(batch.users)
+        detailed = self.detailed[users]
+        terms: list[torch.Tensor] = []
+        if not bool(detailed.all()):
+            first = users[~detailed]
+            items = torch.cat([self.samples[first, : cfg.num_observed], self.ensemble[first],
+                               self.samples[first, cfg.num_observed :]], dim=1)
+            scores = student.score(first, items)
+            n_top = cfg.num_observed + cfg.top_n
+            terms.append(cfg.lambda_overall * overall_loss(
+                scores[:, : cfg.num_observed], scores[:, cfg.num_observed : n_top], scores[:, n_top:]))
+        if bool(detailed.any()):
+            second = users[detailed]
+            items = torch.cat([self.samples[second, : cfg.num_observed], self.ensemble[second]], dim=1)
+            scores = student.score(second, items)
+            terms.append(cfg.lambda_detailed * detailed_loss(scores[:, : cfg.num_observed],
+                                                             scores[:, cfg.num_observed :]))
+        return {"hetcomp": sum(terms)}
+
+
+def as_trajectories(teacher: TeacherTrajectories | TeacherOutputs) -> TeacherTrajectories:
+    """Trajectories as given, or one converged teacher's outputs as a trajectory of one checkpoint (then HetComp
+    is the AKT losses on that teacher's ranking: what the registry's contract tests build)."""
+    if isinstance(teacher, TeacherTrajectories):
+        return teacher
+    if isinstance(teacher, TeacherOutputs):
+        return TeacherTrajectories(names=("teacher",), rankings=teacher.user_topk[None, None],
+                                   item_rankings=teacher.item_topk[None], epochs=torch.zeros(1, 1, dtype=torch.long))
+    raise TypeError(f"HetComp learns from TeacherTrajectories or TeacherOutputs, not {type(teacher).__name__}")
+
+
+def ensemble_outputs(trajectories: TeacherTrajectories, top_k: int = 100, top_k_users: int = 100,
+                     temperature: float = 10.0, num_items: int | None = None) -> TeacherOutputs:
+    """The converged teachers' ensemble as a single teacher's outputs, for RRD and DCD (no representations).
+
+    ``user_topk`` (U, top_k): the ensemble's items per user; ``user_topk_scores`` their importances;
+    ``item_topk`` (I, top_k_users): the ensemble of the teachers' top users per item (the same importance
+    rule over users). ``user_repr``/``item_repr`` are empty (U, 0)/(I, 0): no latent knowledge.
+    """
+    converged = trajectories.rankings[:, -1]
+    num_users = converged.shape[1]
+    num_items = int(num_items if num_items is not None else trajectories.item_rankings.shape[1])
+    user_top, importance = ensemble_topk(converged, top_k, temperature, num_items)
+    item_top, _ = ensemble_topk(trajectories.item_rankings, top_k_users, temperature, num_users)
+    return TeacherOutputs(user_topk=user_top, user_topk_scores=importance, item_topk=item_top,
+                          user_repr=torch.zeros(num_users, 0), item_repr=torch.zeros(num_items, 0))
+
+
+__all__ = ["HetComp", "HetCompConfig", "TeacherTrajectories", "as_trajectories", "construct_knowledge", "detailed_loss",
+           "ensemble_outputs", "ensemble_topk", "listmle_loss", "ndcg_distance", "overall_loss",
+           "set_above_loss"]
