@@ -1,0 +1,95 @@
+"""Verdicts of kdrepro.paper: gains over the student, ordering claims over seeds, the metrics.json block."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from kdrepro import paper
+
+
+def ours_rows(values: dict[str, list[float]], metric: str = "HR@5") -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": "citeulike-t", "base": "bpr", "method": method, "metric": metric, "seed": seed,
+                          "value": value} for method, seeds in values.items() for seed, value in enumerate(seeds)])
+
+
+PAPER = pd.DataFrame({"dataset": "CiteULike", "base": "BPR", "metric": "HR@5",
+                      "method": ["Student", "RD", "CD", "X"], "paper": [0.40, 0.44, 0.42, 0.44]})
+
+
+def test_gain_verdicts_by_hand():
+    # Paper gains: RD +10 %, CD +5 %, X +10 %. Ours per seed (same-seed student 0.40, 0.42):
+    # RD 0.44/0.40 - 1 = +10 %, 0.441/0.42 - 1 = +5 %: mean +7.5 %, inside +5..+15 % -> reproduced;
+    # CD 0.39, 0.41: -2.5 %, -2.4 % -> opposite sign -> not; X 0.404, 0.4242: +1 % each -> same sign, outside
+    # the band, SE 0 -> partially.
+    ours = ours_rows({"Student": [0.40, 0.42], "RD": [0.44, 0.441], "CD": [0.39, 0.41], "X": [0.404, 0.4242],
+                      "Teacher": [0.5, 0.5]})
+    gains = paper.gain_verdicts(ours, PAPER).set_index("method")
+    assert set(gains.index) == {"RD", "CD", "X"}  # the teacher is no KD method
+    assert gains.loc["RD", "paper_gain"] == pytest.approx(0.10)
+    assert gains.loc["RD", "ours_gain"] == pytest.approx((0.10 + 0.05) / 2)
+    assert gains.loc["RD", "ours_gain_se"] == pytest.approx(0.05 / 2 ** 0.5 / 2 ** 0.5)
+    assert gains["verdict"].to_dict() == {"RD": "reproduced", "CD": "not", "X": "partially"}
+
+
+def test_gain_within_two_standard_errors_is_reproduced():
+    # Paper +10 %; ours -6 % and +14 %: mean +4 %, outside ±50 % of the paper's (+5..+15 %), but the standard
+    # error is std / sqrt(2) = 0.1414 / 1.414 = 0.1, and |0.04 - 0.10| <= 2 SE -> reproduced.
+    ours = ours_rows({"Student": [0.40, 0.40], "RD": [0.40 * 0.94, 0.40 * 1.14]})
+    gains = paper.gain_verdicts(ours, PAPER)
+    assert gains["ours_gain"].item() == pytest.approx(0.04)
+    assert gains["verdict"].item() == "reproduced"
+
+
+def test_parse_claims_reads_chains_and_lists():
+    assert paper.parse_claims("Student < RD ≈ CD < RRD") == [
+        ("Student", "<", "RD"), ("Student", "<", "CD"), ("RD", "≈", "CD"), ("RD", "<", "RRD"), ("CD", "<", "RRD")]
+    assert paper.parse_claims(["DE ≤ PHR", "A ~ B", "C <= D"]) == [("DE", "≤", "PHR"), ("A", "≈", "B"),
+                                                                  ("C", "≤", "D")]
+    with pytest.raises(ValueError, match="cannot read"):
+        paper.parse_claims("A < < B")
+    with pytest.raises(ValueError, match="cannot read"):
+        paper.parse_claims("A")
+
+
+def test_claim_verdicts_over_seeds_by_hand():
+    # Student < RD on 3 of 3 seeds -> reproduced; Student < CD holds on the means (0.41 > 0.40) but on 1 of 3
+    # seeds -> partially; RD ≈ CD (2 %): |0.45 - 0.41| / 0.45 = 8.9 % -> fails on the means, seeds 0/3 -> not.
+    ours = ours_rows({"Student": [0.40, 0.40, 0.40], "RD": [0.44, 0.45, 0.46], "CD": [0.39, 0.45, 0.39]})
+    table = paper.claim_verdicts(ours, "Student < RD ≈ CD", ["HR@5"], paper_table=PAPER).set_index("claim")
+    assert table.loc["Student < RD", ["seeds_agree", "n_seeds", "verdict"]].tolist() == [3, 3, "reproduced"]
+    assert table.loc["Student < CD", ["holds", "seeds_agree", "verdict"]].tolist() == [True, 1, "partially"]
+    assert table.loc["RD ≈ CD", "verdict"] == "not"
+    assert table.loc["Student < RD", "paper_holds"] == True  # noqa: E712 (a nullable column)
+    assert table.loc["RD ≈ CD", "paper_holds"] == False  # noqa: E712
+
+
+def test_verdicts_block_counts_and_explains_misses():
+    ours = ours_rows({"Student": [0.40, 0.42], "RD": [0.44, 0.441], "CD": [0.39, 0.41]})
+    cells = paper.paper_vs_ours(ours, PAPER)
+    gains = paper.gain_verdicts(ours, PAPER)
+    claims = paper.claim_verdicts(ours, "Student < RD", ["HR@5"])
+    block = paper.verdicts(cells, gains, claims, table="toy")
+    assert block["cells"] == {"reproduced": 3, "partially": 0, "not": 0}
+    assert block["gains"] == {"reproduced": 1, "partially": 0, "not": 1}
+    assert block["claims"] == {"reproduced": 1, "partially": 0, "not": 0}
+    [miss] = block["misses"]
+    assert miss["kind"] == "gain" and miss["what"] == "BPR CD over the student, HR@5" and "opposite sign" in miss["why"]
+    assert paper.verdicts(table="empty") == {"table": "empty", "cells": {"reproduced": 0, "partially": 0, "not": 0},
+                                             "gains": {"reproduced": 0, "partially": 0, "not": 0},
+                                             "claims": {"reproduced": 0, "partially": 0, "not": 0}, "misses": []}
+
+
+def test_chapter_verdicts_sum_the_tables_and_list_every_miss():
+    one = {"table": "a", "cells": {"reproduced": 2, "partially": 1, "not": 0},
+           "gains": {"reproduced": 1, "partially": 0, "not": 1}, "claims": {"reproduced": 0, "partially": 0, "not": 1},
+           "misses": [{"what": "x", "why": "y"}]}
+    two = {"table": "b", "cells": {"reproduced": 1, "partially": 0, "not": 3},
+           "gains": {"reproduced": 0, "partially": 2, "not": 0}, "claims": {"reproduced": 4, "partially": 0, "not": 0},
+           "misses": [{"what": "z", "why": "w"}]}
+    chapter = paper.chapter_verdicts(one, two)
+    assert chapter["verdicts"]["cells"] == {"reproduced": 3, "partially": 1, "not": 3}
+    assert chapter["verdicts"]["gains"] == {"reproduced": 1, "partially": 2, "not": 1}
+    assert chapter["verdicts"]["claims"] == {"reproduced": 4, "partially": 0, "not": 1}
+    assert chapter["verdicts"]["tables"]["b"]["cells"] == {"reproduced": 1, "partially": 0, "not": 3}
+    assert [m["what"] for m in chapter["misses"]] == ["x", "z"]
