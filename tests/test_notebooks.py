@@ -1,42 +1,30 @@
 """The chapter notebooks: a fast lint of every notebook, and every notebook executed under ``smoke``.
 
-The lint enforces the notebook template (docs in run_all.py and DESIGN.md): a cell tagged ``parameters``
+The lint enforces the notebook template (docs in kdrepro/book and DESIGN.md): a cell tagged ``parameters``
 made of ``NAME = literal  # meaning`` lines, every parameter used later, no stored outputs, no ``def`` or
 ``class``, a title first and a save at the end. The execution tier (marker ``notebooks``, run by default)
-runs each notebook through ``run_all.run`` into a temporary reports folder and checks what it saved.
+runs each notebook through ``kdrepro.book.execute.run`` into a temporary reports folder and checks what it saved.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import io
 import json
 import math
-import sys
 import tokenize
 from pathlib import Path
 
 import pytest
+
+from kdrepro.book import execute, params
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Every chapter notebook declares these (a summary notebook that trains nothing may be exempted here).
 REQUIRED = {"RESULTS_DIR", "DATASET", "SEEDS", "DEVICE"}
 EXEMPT: dict[str, set[str]] = {}
-
-
-def _load_run_all():
-    if "run_all" in sys.modules:
-        return sys.modules["run_all"]
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load_run_all()
+CHAPTERS = execute.discover(ROOT / "notebooks")
 
 
 def _cells(path: Path) -> list[dict]:
@@ -44,7 +32,7 @@ def _cells(path: Path) -> list[dict]:
 
 
 def _source(cell: dict) -> str:
-    return run_all._source(cell)
+    return params.cell_source(cell)
 
 
 def _names(source: str) -> set[str]:
@@ -55,12 +43,9 @@ def _names(source: str) -> set[str]:
     }
 
 
-def test_every_notebook_is_in_run_all_and_back():
+def test_every_notebook_is_a_numbered_chapter():
     stems = [p.stem for p in NOTEBOOK_FILES]
-    assert sorted(stems) == sorted(run_all.NOTEBOOKS), (
-        "notebooks/ and run_all.NOTEBOOKS disagree: list every chapter notebook in run_all.NOTEBOOKS"
-    )
-    assert run_all.NOTEBOOKS == sorted(run_all.NOTEBOOKS), "chapters run in their numbered order"
+    assert CHAPTERS == stems, "name every notebook NN_title.ipynb: the runner picks chapters up by that name"
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
@@ -77,7 +62,7 @@ def test_notebook_lint(path: Path):
     )
 
     # NAME = literal  # meaning, one per line.
-    declared = run_all.parse_parameters(_source(cells[index]), f"{path.name}: parameters cell")
+    declared = params.parse_parameters(_source(cells[index]), f"{path.name}: parameters cell")
     for name, parameter in declared.items():
         assert name.isupper(), f"parameter {name} must be UPPER_CASE"
         assert parameter.comment, f"parameter {name} needs a '# meaning' comment on its line"
@@ -111,10 +96,10 @@ def test_profiles_are_valid_for_every_notebook(profile, tmp_path):
     """Every profile override names a declared parameter with the declared type (checked before running)."""
     from kdrepro import profiles
 
-    jobs = run_all.plan(run_all.NOTEBOOKS, ROOT / "notebooks", tmp_path, profile)
-    assert [job.stem for job in jobs] == run_all.NOTEBOOKS
+    jobs = execute.plan(CHAPTERS, ROOT / "notebooks", tmp_path, profile)
+    assert [job.stem for job in jobs] == CHAPTERS
     for stem in profiles.NOTEBOOKS:
-        assert stem in run_all.NOTEBOOKS, f"profiles.NOTEBOOKS has {stem!r}, which is no notebook"
+        assert stem in CHAPTERS, f"profiles.NOTEBOOKS has {stem!r}, which is no notebook"
     for job in jobs:
         assert job.parameters.get("RESULTS_DIR") == str((tmp_path / job.stem).resolve())
 
@@ -128,9 +113,9 @@ def _finite_unit(value, where: str) -> None:
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("stem", run_all.NOTEBOOKS)
+@pytest.mark.parametrize("stem", CHAPTERS)
 def test_notebook_runs_under_smoke(stem, tmp_path):
-    manifests = run_all.run(
+    manifests = execute.run(
         profile="smoke", only=[stem], reports_dir=tmp_path, force=True, log=lambda *_: None
     )
     manifest = manifests[0]
@@ -146,5 +131,5 @@ def test_notebook_runs_under_smoke(stem, tmp_path):
     assert json.loads((folder / "config.json").read_text()), "config.json is empty"
     assert list((folder / "tables").glob("*.csv")), "no table saved under tables/"
     page = (tmp_path / f"{stem}.html").read_text(encoding="utf-8")
-    assert "highlight hl-ipython3" not in page, "the report must not show code cells"
+    assert "Results at a glance" in page and "<script" not in page, "the page opens with its run card, no scripts"
     assert (tmp_path / "index.html").exists() and (folder / "manifest.json").exists()

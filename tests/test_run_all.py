@@ -1,54 +1,63 @@
-"""run_all.py on tiny throwaway notebooks: validation first, skip-if-unchanged, failures, rendering."""
+"""The runner (kdrepro.book, run_all.py) on tiny throwaway notebooks: parameter types and values checked
+first, skip-if-unchanged, failures named, one run per reports folder, publishing that survives a kill,
+pages and index."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
+import torch
+
+from kdrepro.book import execute, glance, params, render
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_run_all():
-    if "run_all" in sys.modules:
-        return sys.modules["run_all"]
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load_run_all()
+sys.path.insert(0, str(ROOT))
+import run_all  # noqa: E402 - the command line at the repository root
 
 PARAMS = """X = 3  # a count
 RATE = 0.5  # a float
 NAME = "tiny"  # a string
 FLAG = False  # a switch
 SEEDS = [0, 1]  # a list of ints
+EPOCHS = 3  # at most
+MODELS = ["bpr"]  # base models
+PROTOCOLS = ["loo_full"]  # protocols
+TEACHER_DIMS = {"bpr": 8}  # per model
+LR = 0.01  # a rate
+TOLERANCE = 0.05  # a share
+DEVICE = "auto"  # device
+THREADS = 0  # torch threads (0: default)
 RESULTS_DIR = "../reports/tiny"  # where metrics.json goes"""
 
 SAVE = """import json, pathlib
 folder = pathlib.Path(RESULTS_DIR)
-folder.mkdir(parents=True, exist_ok=True)
+(folder / "tables").mkdir(parents=True, exist_ok=True)
+(folder / "tables" / "t.csv").write_text("a,b\\n1,2\\n")
 (folder / "metrics.json").write_text(json.dumps({"headline": {"x": X / 10, "name": NAME}}))
 print("ran with", X, RATE, NAME, FLAG, SEEDS)"""
 
 PROGRESS = """import time
 from tqdm.auto import tqdm
 for _ in tqdm(range(40), desc="loop", mininterval=0):
-    time.sleep(0.005)"""
+    time.sleep(0.005)
+print("[1/2] bpr-8 Teacher seed 0: trained", flush=True)
+print("[2/2] bpr-8 Student seed 0: trained", flush=True)"""
 
 
 def write_notebook(folder: Path, stem: str, *cells: str, params: str = PARAMS) -> Path:
     nb = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell(params)
     parameters.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem} title"), parameters]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem} title\n\nAbstract."), parameters]
     nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "stored kernelspec", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -66,42 +75,40 @@ def books(tmp_path):
     return folder
 
 
-def run(books: Path, reports: Path, stems, **kwargs):
-    return run_all.run(
-        notebooks=stems, notebooks_dir=books, reports_dir=reports, log=lambda *_: None, **kwargs
-    )
+def run(books: Path, reports: Path, stems, log=lambda *_: None, **kwargs):
+    return execute.run(notebooks=stems, notebooks_dir=books, reports_dir=reports, log=log, **kwargs)
 
 
 # -- parameters ----------------------------------------------------------------------------------
 
 
 def test_parse_parameters_reads_literals_and_comments():
-    found = run_all.parse_parameters(PARAMS)
-    assert {n: p.value for n, p in found.items()} == {
-        "X": 3,
-        "RATE": 0.5,
-        "NAME": "tiny",
-        "FLAG": False,
-        "SEEDS": [0, 1],
-        "RESULTS_DIR": "../reports/tiny",
-    }
-    assert found["RATE"].comment == "a float"
+    found = params.parse_parameters(PARAMS)
+    assert {n: p.value for n, p in found.items()}["SEEDS"] == [0, 1]
+    assert found["RATE"].value == 0.5 and found["RATE"].comment == "a float"
+    assert list(found) == [line.split(" = ")[0] for line in PARAMS.splitlines()]
 
 
 @pytest.mark.parametrize(
     "source",
-    [
-        "import numpy as np",
-        "X: int = 3",
-        "X = np.arange(3)",
-        "X = Y = 1",
-        "X = 1\nX = 2",
-        "X = [i for i in ()]",
-    ],
+    ["import numpy as np", "X: int = 3", "X = np.arange(3)", "X = Y = 1", "X = 1\nX = 2", "X = [i for i in ()]"],
 )
 def test_parse_parameters_rejects_anything_but_literal_assignments(source):
-    with pytest.raises(run_all.ParameterError):
-        run_all.parse_parameters(source)
+    with pytest.raises(params.ParameterError):
+        params.parse_parameters(source)
+
+
+def test_parameter_comment_with_equals_sign_is_rejected():
+    with pytest.raises(params.ParameterError, match="contains '='"):
+        params.parse_parameters("A = 1  # x = 2\n")
+
+
+def test_a_line_papermill_cannot_read_is_an_error(tmp_path):
+    # Valid Python, but papermill's parser cuts the string at its "#": overrides would be injected wrongly.
+    path = write_notebook(tmp_path, "00_hash", params='D = "a # b"  # a string with a hash\nX = 1  # one')
+    with pytest.raises(params.ParameterError, match="papermill cannot read the line of D"):
+        params.declared_parameters(path)
+    assert papermill.inspect_notebook(str(write_notebook(tmp_path, "00_fine")))["X"]["default"] == "3"
 
 
 @pytest.mark.parametrize(
@@ -114,25 +121,61 @@ def test_parse_parameters_rejects_anything_but_literal_assignments(source):
         ("FLAG=1", "FLAG must be of type bool"),
         ("SEEDS=[0,'a']", "SEEDS must be of type list of int"),
         ("SEEDS=3", "SEEDS must be of type list"),
-        ("RESULTS_DIR=/tmp/x", "set by run_all.py"),
+        ("RESULTS_DIR=/tmp/x", "set by the runner"),
         ("00:NOPE=1", "unknown parameter 'NOPE'"),
         ("X", "expected KEY=VALUE"),
     ],
 )
 def test_bad_overrides_fail_before_anything_runs(books, tmp_path, override, message):
     reports = tmp_path / "reports"
-    with pytest.raises(run_all.ParameterError, match=message.replace("[", r"\[")):
+    with pytest.raises(params.ParameterError, match=message.replace("[", r"\[")):
         run(books, reports, ["00_ok"], profile="smoke", params=[override])
     assert not reports.exists(), "nothing may run or be written when the parameters are invalid"
 
 
+BAD_VALUES = [
+    ("SEEDS=[]", r"SEEDS = \[\]: must not be empty"),
+    ("SEEDS=[0,0]", "a seed is repeated"),
+    ("SEEDS=[-1]", r"SEEDS: \[-1\] below the allowed minimum 0"),
+    ("MODELS=['nope']", r"MODELS: unknown model\(s\) \['nope'\]; allowed: bpr, mf, neumf"),
+    ("PROTOCOLS=['nope']", r"unknown protocol\(s\) \['nope'\]; allowed: loo_sampled, loo_full, holdout"),
+    ("MODELS=['bpr','neumf']", r"TEACHER_DIMS = \{'bpr': 8\} has no entry for model\(s\) \['neumf'\]"),
+    ("TEACHER_DIMS={'bpr': 0}", r"TEACHER_DIMS\['bpr'\] = 0: a dimension, allowed ≥ 1"),
+    ("EPOCHS=-1", "EPOCHS = -1: a count, allowed ≥ 1"),
+    ("EPOCHS=0", "EPOCHS = 0: a count, allowed ≥ 1"),
+    ("X=-2", "X = -2: allowed ≥ 0"),
+    ("THREADS=-3", "THREADS = -3: allowed ≥ 0"),
+    ("LR=0", "LR = 0.0: allowed > 0"),
+    ("TOLERANCE=1.5", "TOLERANCE = 1.5: a share, allowed 0 … 1"),
+    ("DEVICE='gpu'", 'DEVICE = \'gpu\': allowed: "auto", "cpu", "cuda"'),
+    ("DEVICE='cuda:7'", "DEVICE = 'cuda:7': (CUDA is not available|this machine has)"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES)
+def test_bad_values_fail_before_anything_runs_naming_notebook_parameter_and_allowed(books, tmp_path, override, message):
+    reports = tmp_path / "reports"
+    with pytest.raises(params.ParameterError, match=message) as error:
+        run(books, reports, ["00_ok"], profile="smoke", params=[override])
+    assert "00_ok.ipynb" in str(error.value)
+    assert not reports.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_an_error(books, tmp_path):
+    with pytest.raises(params.ParameterError, match="CUDA is not available on this machine"):
+        run(books, tmp_path / "r", ["00_ok"], profile="smoke", params=["DEVICE='cuda'"])
+
+
+def test_every_profile_of_every_chapter_passes_the_value_checks(tmp_path):
+    for profile in ("smoke", "quick", "paper"):
+        jobs = execute.plan(execute.discover(), ROOT / "notebooks", tmp_path, profile)
+        assert [job.stem for job in jobs] == execute.discover()
+
+
 def test_good_overrides_are_coerced(books, tmp_path):
-    jobs = run_all.plan(
-        ["00_ok"],
-        books,
-        tmp_path,
-        "smoke",
-        ["X=7", "RATE=1", "NAME=plain words", "SEEDS=(4, 5)", "FLAG=True"],
+    jobs = execute.plan(
+        ["00_ok"], books, tmp_path, "smoke", ["X=7", "RATE=1", "NAME=plain words", "SEEDS=(4, 5)", "FLAG=True"]
     )
     values = jobs[0].parameters
     assert values["X"] == 7 and values["RATE"] == 1.0 and isinstance(values["RATE"], float)
@@ -141,8 +184,7 @@ def test_good_overrides_are_coerced(books, tmp_path):
     assert jobs[0].overrides["cli"]["X"] == 7
 
 
-def test_main_exits_2_on_a_bad_override(books, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(run_all, "NOTEBOOKS", ["00_ok"])
+def test_main_exits_2_on_a_bad_override(books, tmp_path, capsys):
     code = run_all.main(["--notebooks-dir", str(books), "--reports-dir", str(tmp_path / "r"), "-p", "X=oops"])
     assert code == 2
     assert "X=oops" in capsys.readouterr().err
@@ -150,33 +192,40 @@ def test_main_exits_2_on_a_bad_override(books, tmp_path, monkeypatch, capsys):
 
 
 def test_only_rejects_unknown_notebooks(books, tmp_path):
-    with pytest.raises(run_all.ParameterError, match="matches no notebook"):
+    with pytest.raises(params.ParameterError, match="matches no notebook"):
         run(books, tmp_path / "r", ["00_ok"], only=["07"])
+
+
+def test_chapters_are_discovered_in_numbered_order(books):
+    write_notebook(books, "07_later", SAVE)
+    (books / "scratch.ipynb").write_text((books / "00_ok.ipynb").read_text())
+    assert execute.discover(books) == ["00_ok", "01_fails", "07_later"]
 
 
 # -- execution -----------------------------------------------------------------------------------
 
 
-def test_failed_notebook_is_rendered_and_the_run_goes_on(books, tmp_path, monkeypatch):
+def test_failed_notebook_names_its_exception_on_console_page_and_index(books, tmp_path, capsys):
     reports = tmp_path / "reports"
-    monkeypatch.setattr(run_all, "NOTEBOOKS", ["00_ok", "01_fails"])
     code = run_all.main(["--notebooks-dir", str(books), "--reports-dir", str(reports), "--profile", "smoke"])
     assert code == 1
+    console = capsys.readouterr().out
+    assert "ValueError: boom from the notebook" in console
     failed = json.loads((reports / "01_fails" / "manifest.json").read_text())
-    assert failed["status"] == "failed" and "boom from the notebook" in failed["error"]
-    page = (reports / "01_fails.html").read_text(encoding="utf-8")
-    assert "boom from the notebook" in page
+    assert failed["status"] == "failed" and failed["error"].startswith("ValueError: boom from the notebook")
+    assert "boom from the notebook" in (reports / "01_fails.html").read_text(encoding="utf-8")
     ok = json.loads((reports / "00_ok" / "manifest.json").read_text())
     assert ok["status"] == "ok" and ok["headline"] == {"x": 0.3, "name": "tiny"}
     index = (reports / "index.html").read_text(encoding="utf-8")
-    assert "01_fails.html" in index and "failed" in index and "0.3000" in index
+    assert "01_fails.html" in index and "ValueError: boom from the notebook" in index and "0.3000" in index
     run_manifest = json.loads((reports / "manifest.json").read_text())
     assert [n["status"] for n in run_manifest["run"]["notebooks"]] == ["ok", "failed"]
 
 
-def test_manifest_rendering_and_progress(books, tmp_path):
+def test_manifest_page_and_progress(books, tmp_path):
     reports = tmp_path / "reports"
-    [manifest] = run(books, reports, ["00_ok"], profile="quick", params=["X=5"])
+    lines: list[str] = []
+    [manifest] = run(books, reports, ["00_ok"], log=lines.append, profile="quick", params=["X=5"])
     assert manifest["status"] == "ok", manifest["error"]
     for key in (
         "parameters",
@@ -190,28 +239,43 @@ def test_manifest_rendering_and_progress(books, tmp_path):
         "duration_s",
         "peak_memory_mib",
         "input_hash",
+        "overrides",
     ):
         assert key in manifest, key
     assert manifest["parameters"]["X"] == 5 and manifest["profile"] == "quick"
     assert manifest["kernel"] == "kdrepro"  # the fixed kernel, not the notebook's stored one
     assert manifest["peak_memory_mib"] > 0
-    assert {"torch", "numpy", "pandas", "papermill", "kdrepro"} <= set(manifest["packages"])
+    assert any("[00_ok] fit 1/2 · " in line for line in lines) and any("fit 2/2" in line for line in lines)
     page = (reports / "00_ok.html").read_text(encoding="utf-8")
-    assert "highlight hl-ipython3" not in page, "code cells must not be rendered"
     assert "ran with 5" in page
     assert page.count("loop:") == 1 and "40/40" in page, "one line per progress bar, in its final state"
+    assert "<script" not in page and "mathjax" not in page.lower() and "require.js" not in page
+    assert '<details class="code">' in page, "code is on the page, collapsed"
+    assert "a count</span>" not in page and "X = 3  # a count" not in page, "parameters cells give way to the card"
+    assert "Results at a glance" in page and "<code>X = 5</code>" in page and "(-p)" in page
+    assert 'href="index.html"' in page
     stored = nbformat.read(reports / "00_ok" / "00_ok.ipynb", as_version=4)
     streams = [
-        o
-        for c in stored.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.output_type == "stream"
+        o for c in stored.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "stream"
     ]
     assert all("\r" not in o.text for o in streams)
 
 
-def test_unchanged_notebooks_are_skipped_until_something_changes(books, tmp_path):
+def test_published_files_are_world_readable(books, tmp_path):
+    reports = tmp_path / "reports"
+    run(books, reports, ["00_ok"], profile="smoke")
+    for path in [
+        reports / "00_ok.html",
+        reports / "index.html",
+        reports / "manifest.json",
+        *(reports / "00_ok").rglob("*"),
+    ]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {oct(mode)}"
+
+
+def test_unchanged_notebooks_are_skipped_until_something_changes(books, tmp_path, monkeypatch):
+    monkeypatch.setattr(execute.provenance, "code_hash", lambda: "fixed")  # others may edit kdrepro/ meanwhile
     reports = tmp_path / "reports"
     first = run(books, reports, ["00_ok"], profile="smoke")[0]
     assert first["status"] == "ok" and not first.get("skipped_in_last_run")
@@ -234,7 +298,6 @@ def test_failed_notebooks_are_never_skipped(books, tmp_path):
 
 
 def test_relative_data_folder_reaches_the_kernels_absolute(books, tmp_path, monkeypatch):
-    # Kernels run inside the notebooks' folder: a relative ../shared/data must not be read from there.
     write_notebook(books, "02_env", "import os\nprint('data at', os.environ['KDREPRO_DATA_DIR'])", SAVE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KDREPRO_DATA_DIR", "relative/data")
@@ -253,23 +316,121 @@ def test_a_failed_rerun_keeps_the_last_good_report(books, tmp_path):
     assert (reports / "00_ok.html").read_text(encoding="utf-8") == page
     assert json.loads((reports / "00_ok" / "manifest.json").read_text())["status"] == "ok"
     assert (reports / "00_ok" / "metrics.json").exists()
-    assert "broken later" in (reports / ".staging" / "00_ok.html").read_text(encoding="utf-8")
-    assert "a later run" in (reports / "index.html").read_text(encoding="utf-8")
-    write_notebook(books, "00_ok", PROGRESS, SAVE)  # fixed: the next run replaces the report, staging empties
+    assert "broken later" in (reports / ".staging" / "failed" / "00_ok.html").read_text(encoding="utf-8")
+    index = (reports / "index.html").read_text(encoding="utf-8")
+    assert "A later run" in index and "ValueError: broken later" in index
+    write_notebook(books, "00_ok", PROGRESS, SAVE)  # fixed: the next run replaces the report
     assert run(books, reports, ["00_ok"], profile="smoke", params=["X=7"])[0]["status"] == "ok"
     assert json.loads((reports / "00_ok" / "metrics.json").read_text())["headline"]["x"] == 0.7
-    assert not (reports / ".staging" / "00_ok").exists()
-    assert "a later run" not in (reports / "index.html").read_text(encoding="utf-8")
+    assert not (reports / ".staging" / "failed" / "00_ok").exists()
+    assert not list((reports / ".staging").glob("run-*")), "a run removes its own staging folder"
+    assert "A later run" not in (reports / "index.html").read_text(encoding="utf-8")
 
 
-# -- rendering helpers ---------------------------------------------------------------------------
+def test_a_second_run_on_the_same_reports_stops_at_once(books, tmp_path):
+    write_notebook(books, "02_slow", "import time\ntime.sleep(6)", SAVE)
+    reports = tmp_path / "reports"
+    script = (
+        "import sys; from kdrepro.book import execute; "
+        f"m = execute.run(notebooks=['02_slow'], notebooks_dir={str(books)!r}, reports_dir={str(reports)!r}, "
+        "profile='smoke', log=lambda *_: None); sys.exit(m[0]['status'] != 'ok')"
+    )
+    first = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lock = reports / ".lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.1)
+    started = time.perf_counter()
+    with pytest.raises(execute.RunLocked, match=rf"another run \(pid {first.pid}\) is writing .*reports/"):
+        run(books, reports, ["00_ok"], profile="smoke")
+    assert time.perf_counter() - started < 5, "the second run stops at once, it does not wait"
+    assert first.wait(timeout=120) == 0, "the first run is not disturbed"
+    assert json.loads((reports / "02_slow" / "manifest.json").read_text())["status"] == "ok"
+    assert run(books, reports, ["00_ok"], profile="smoke")[0]["status"] == "ok", "the lock is released"
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no except/finally of the publish steps catches it)."""
+
+
+def _report(reports: Path, stem: str, tag: str) -> tuple[Path, Path]:
+    folder = reports / stem
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(tag)
+    page = reports / f"{stem}.html"
+    page.write_text(tag)
+    return folder, page
+
+
+@pytest.mark.parametrize("steps_done", [0, 1, 2, 3, 4])
+def test_a_kill_between_publish_steps_never_loses_the_last_good_report(tmp_path, monkeypatch, steps_done):
+    reports = tmp_path / "reports"
+    folder, page = _report(reports, "00_x", "old")
+    staged, staged_page = _report(reports / ".staging" / "run-1", "00_x", "new")
+    calls = {"n": 0}
+    real_replace, real_rmtree = os.replace, execute.shutil.rmtree
+
+    def replace(src, dst):
+        if calls["n"] == steps_done:
+            raise Killed
+        calls["n"] += 1
+        real_replace(src, dst)
+
+    def rmtree(path, *args, **kwargs):
+        if calls["n"] == steps_done:
+            raise Killed
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(execute.os, "replace", replace)
+    monkeypatch.setattr(execute.shutil, "rmtree", rmtree)
+    with pytest.raises(Killed):
+        execute.publish(staged, staged_page, folder, page)
+    monkeypatch.undo()
+    execute.recover(reports, log=lambda *_: None)
+    shown = ((folder / "metrics.json").read_text(), page.read_text())
+    assert shown in {("old", "old"), ("new", "new")}, f"killed after {steps_done} steps: {shown}"
+    assert shown == (("new", "new") if steps_done == 4 else ("old", "old"))
+    assert not list(reports.glob(".*.old")) and not (reports / ".staging" / "run-1").exists()
+
+
+def test_after_a_killed_publish_a_failing_run_still_keeps_the_good_report(books, tmp_path, monkeypatch):
+    reports = tmp_path / "reports"
+    assert run(books, reports, ["00_ok"], profile="smoke")[0]["status"] == "ok"
+    good = (reports / "00_ok" / "metrics.json").read_text()
+    old = reports / ".00_ok.old"  # a kill after the first publish step of a later run
+    old.mkdir()
+    os.replace(reports / "00_ok", old / "folder")
+    write_notebook(books, "00_ok", "raise ValueError('later failure')", SAVE)
+    assert run(books, reports, ["00_ok"], profile="smoke")[0]["status"] == "failed"
+    assert (reports / "00_ok" / "metrics.json").read_text() == good
+    assert json.loads((reports / "00_ok" / "manifest.json").read_text())["status"] == "ok"
+
+
+def test_render_only_rebuilds_pages_from_the_stored_notebook(books, tmp_path):
+    reports = tmp_path / "reports"
+    write_notebook(books, "01_fails", SAVE)  # both chapters ok
+    run(books, reports, ["00_ok"], profile="smoke", params=["X=6"])
+    run(books, reports, ["01_fails"], profile="quick")
+    manifest = (reports / "00_ok" / "manifest.json").read_text()
+    (reports / "00_ok.html").write_text("stale")
+    rendered = execute.render_only(notebooks_dir=books, reports_dir=reports, log=lambda *_: None)
+    assert [m["stem"] for m in rendered] == ["00_ok", "01_fails"]
+    page = (reports / "00_ok.html").read_text(encoding="utf-8")
+    assert "ran with 6" in page and "<code>X = 6</code>" in page and "profile <b>smoke</b>" in page
+    assert 'href="01_fails.html" rel="next"' in page
+    assert (reports / "00_ok" / "manifest.json").read_text() == manifest, "re-rendering changes no manifest"
+    index = (reports / "index.html").read_text(encoding="utf-8")
+    assert "profile <b>smoke</b>" in index and "profile <b>quick</b>" in index, "each chapter shows its own run"
+
+
+# -- pages, glance, progress ---------------------------------------------------------------------
 
 
 def test_collapse_progress_keeps_each_bar_final_state():
     text = "\rloop: 10%\rloop: 50%\rloop: 100%\nafter\n\rother: 1/2\rother: 2/2\n"
-    assert run_all.collapse_progress(text) == "loop: 100%\nafter\nother: 2/2\n"
+    assert render.collapse_progress(text) == "loop: 100%\nafter\nother: 2/2\n"
     cleared = "\repochs: 1/3\repochs: 3/3\r          \r"
-    assert run_all.collapse_progress(cleared).strip() == ""
+    assert render.collapse_progress(cleared).strip() == ""
 
 
 def test_clean_outputs_merges_streams_and_unreddens_bars():
@@ -277,28 +438,69 @@ def test_clean_outputs_merges_streams_and_unreddens_bars():
     cell = nbformat.v4.new_code_cell("x")
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stderr", text="\rfits: 0/2 [00:00<?, ?it/s]"),
-        nbformat.v4.new_output("stream", name="stdout", text="line\n"),
         nbformat.v4.new_output("stream", name="stderr", text="\rfits: 2/2 [00:01<00:00, 2.0it/s]\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="line\n"),
         nbformat.v4.new_output("stream", name="stderr", text="UserWarning: real warning\n"),
     ]
     other = nbformat.v4.new_code_cell("y")
     other.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rfits: 2/2 [00:01<00:00]\n")]
     nb.cells = [cell, other]
-    run_all.clean_outputs(nb)
-    texts = {(o.name, o.text) for o in cell.outputs}
-    assert ("stdout", "line\n") in texts
-    assert ("stderr", "fits: 2/2 [00:01<00:00, 2.0it/s]\nUserWarning: real warning\n") in texts
+    render.clean_outputs(nb)
+    assert [(o.name, o.text) for o in cell.outputs] == [
+        ("stdout", "fits: 2/2 [00:01<00:00, 2.0it/s]\n"),
+        ("stdout", "line\n"),
+        ("stderr", "UserWarning: real warning\n"),
+    ]
     assert [(o.name, o.text) for o in other.outputs] == [("stdout", "fits: 2/2 [00:01<00:00]\n")]
 
 
 def test_math_becomes_mathml_outside_code_and_prices():
-    converted = run_all.math_to_mathml("a $x_i^2$ b `$HOME` costs $5, \\$ stays, and $$\\sum_k w_k$$")
+    converted = render.math_to_mathml("a $x_i^2$ b `$HOME` costs $5, \\$ stays, and $$\\sum_k w_k$$")
     assert converted.count("<math") == 2
     assert 'display="inline"' in converted and 'display="block"' in converted
     assert "`$HOME`" in converted and "costs $5" in converted and "\\$ stays" in converted
-    assert "<msub><mi>x</mi>" in converted or "<msubsup><mi>x</mi>" in converted
 
 
-def test_parameter_comment_with_equals_sign_is_rejected():
-    with pytest.raises(run_all.ParameterError, match="contains '='"):
-        run_all.parse_parameters("A = 1  # x = 2\n")
+@pytest.mark.parametrize(
+    "tex", [r"\arg\max_m \alpha^x_m", r"\big(\arg\max \alpha\big) \in Z", r"\lVert h_t(x) - f(h_s(x)) \rVert^2"]
+)
+def test_math_the_converter_cannot_spell_is_rewritten(tex):
+    converted = render.math_to_mathml(f"${tex}$")
+    assert converted.startswith("<math") and "\\" not in converted, converted
+
+
+def test_glance_reads_verdicts_in_either_layout(tmp_path):
+    old = glance.verdict_counts(
+        {"verdicts": {"reproduced": 3, "not": 1, "partially": 0}, "ordering": {"claims": 4, "hold": 3}}
+    )
+    assert old == {"cells": {"reproduced": 3, "not": 1}, "gains": None, "claims": {"hold": 3, "do not hold": 1}}
+    new = glance.verdict_counts(
+        {"verdicts": {"cells": {"reproduced": 2}, "gains": {"reproduced": 1, "not": 1}, "claims": {"hold": 2}}}
+    )
+    assert new == {"cells": {"reproduced": 2}, "gains": {"reproduced": 1, "not": 1}, "claims": {"hold": 2}}
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "main_vs_paper.csv").write_text(
+        "base,method,metric,paper,ours_mean,rel_delta,verdict\nBPR,RD,HR@5,0.4533,0.4428,-0.0232,not\n"
+        "BPR,DE,HR@5,0.48,0.48,0.0,reproduced\n"
+    )
+    (tmp_path / "tables" / "claims.csv").write_text(
+        "base,metric,claim,holds\nBPR,HR@5,Student < RD,False\nBPR,HR@5,A < B,True\n"
+    )
+    assert glance.misses({}, tmp_path) == [
+        "claims: claim “Student < RD” does not hold (BPR HR@5)",
+        "main_vs_paper: BPR RD HR@5 — ours 0.4428 vs paper 0.4533 (-2.3 %)",
+    ]
+
+
+def test_progress_turns_fit_lines_into_console_lines():
+    lines: list[str] = []
+    progress = execute.Progress("03_x", lines.append)
+    progress.write("[3/12] bpr-20 FTD seed 0: trained in 26.3 s\nnoise\n[4/1")
+    progress.write("2] bpr-20 HTD seed 0: loaded\n")
+    assert [line.split(" · ")[0] for line in lines] == ["[03_x] fit 3/12", "[03_x] fit 4/12"]
+    assert lines[1].endswith("bpr-20 HTD seed 0: loaded")
+
+
+def test_papermill_errors_show_the_kernels_exception():
+    exc = papermill.PapermillExecutionError(3, 5, "raise ValueError", "ValueError", "bad thing", ["tb"])
+    assert execute.error_text(exc) == "ValueError: bad thing (cell 5)"

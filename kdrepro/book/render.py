@@ -1,0 +1,301 @@
+"""An executed chapter notebook as one HTML page: nbconvert's exporter, our preprocessors and template.
+
+Preprocessors (nbconvert's own where one exists):
+
+- :class:`WidgetsToText` — a tqdm widget bar becomes its final state as a line of text;
+- ``CoalesceStreamsPreprocessor`` (nbconvert) — consecutive stream outputs merged, ``\\r`` refreshes cut;
+- :class:`ProgressText` — ANSI codes and leftover refreshes removed, progress bars no longer red stderr;
+- :class:`MathToMathML` — ``$…$`` in markdown as MathML (browsers render it; no MathJax, no network);
+- :class:`ChapterPage` — the parameters cells give way to the run card ("results at a glance"),
+  saved paper-vs-ours views are rebuilt from their CSV with today's view, images get alt text and a
+  caption naming their section (which names the paper's table or figure).
+
+The template (``templates/kdrepro``) hides code in a collapsible ``<details>`` per cell, adds navigation
+(index, previous, next, contents) and one lean stylesheet; it loads no script.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+from latex2mathml.converter import convert as latex_to_mathml
+from nbconvert import HTMLExporter
+from nbconvert.preprocessors import CoalesceStreamsPreprocessor, Preprocessor
+
+from kdrepro import report
+from kdrepro.book import glance
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "kdrepro"
+CARD_TAG = "kdrepro-card"
+HIDDEN_TAGS = {"parameters", "injected-parameters"}
+
+# --------------------------------------------------------------------------------------------------
+# Outputs: widgets, streams, progress bars
+# --------------------------------------------------------------------------------------------------
+
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CR = re.compile(r"[^\n]*\r(?=[^\n])")
+_BAR = re.compile(r"\d+/\d+ \[[\d:<?]+")  # tqdm's "n/total [elapsed<remaining" part
+
+
+def collapse_progress(text: str) -> str:
+    """Keep what a terminal would finally show: the last state of every ``\\r``-refreshed line."""
+    text = _ANSI.sub("", text.replace("\r\n", "\n"))
+    text = _CR.sub("", text)
+    lines = [line.rstrip("\r").rstrip() for line in text.split("\n")]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == len(lines) - 1)
+
+
+def _widget_text(data: Mapping, state: Mapping) -> str | None:
+    """A tqdm widget bar's final state as text, from the stored widget state (None if unavailable)."""
+    view = data.get(_WIDGET, {})
+    box = state.get(view.get("model_id"), {}).get("state", {})
+    children = [state.get(str(c).replace("IPY_MODEL_", ""), {}).get("state", {}) for c in box.get("children", [])]
+    bars = [c for c in children if "max" in c and "value" in c]
+    texts = [c.get("value", "") for c in children if c.get("_model_name") == "HTMLModel"]
+    if not bars:
+        return None
+    bar = bars[0]
+    pct = 100 * bar["value"] / bar["max"] if bar.get("max") else 0
+    left, right = (texts + ["", ""])[:2]
+    return html.unescape(re.sub(r"<[^>]+>", "", f"{left} {pct:3.0f}% {right}")).strip()
+
+
+class WidgetsToText(Preprocessor):
+    """Widget outputs (tqdm bars) → their final state as a stderr line; no widget script on the page."""
+
+    def preprocess(self, nb, resources):
+        self._state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        self._state = self._state.get("state", {})
+        nb, resources = super().preprocess(nb, resources)
+        nb.metadata.pop("widgets", None)
+        return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code":
+            outputs = []
+            for out in cell.get("outputs", []):
+                if _WIDGET in out.get("data", {}):
+                    text = _widget_text(out["data"], self._state)
+                    if text:
+                        outputs.append(nbformat.v4.new_output("stream", name="stderr", text=text + "\n"))
+                    continue
+                outputs.append(out)
+            cell.outputs = outputs
+        return cell, resources
+
+
+class ProgressText(Preprocessor):
+    """Final state of every progress line; a stderr stream made only of tqdm bars becomes stdout."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code":
+            return cell, resources
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                out.text = collapse_progress(out.text)
+                lines = [line for line in out.text.splitlines() if line.strip()]
+                if out.name == "stderr" and lines and all(_BAR.search(line) for line in lines):
+                    out.name = "stdout"  # a progress bar, not an error: no red background
+        cell.outputs = [o for o in cell.get("outputs", []) if o.output_type != "stream" or o.text.strip()]
+        return cell, resources
+
+
+OUTPUT_CLEANUP = (WidgetsToText, CoalesceStreamsPreprocessor, ProgressText)
+
+
+def clean_outputs(nb) -> None:
+    """Apply the output clean-up in place (used on the stored executed notebook, before rendering)."""
+    for preprocessor in OUTPUT_CLEANUP:
+        preprocessor().preprocess(nb, {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Math
+# --------------------------------------------------------------------------------------------------
+
+_CODE_SPAN = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+# $$…$$, or $…$ on one line or across single line breaks (not \$, not "$ " openers or " $" closers, not
+# "$5"): one pattern, so that a formula's MathML is never scanned again.
+_MATH = re.compile(
+    r"\$\$(?P<block>.+?)\$\$|(?<![\\$])\$(?!\s)(?P<inline>(?:[^$\n]|\n(?!\s*\n))+?)(?<![\s\\])\$(?!\d)", re.S
+)
+# TeX the converter does not know, as TeX it does (it would print "\arg" as a variable name).
+_TEX_SPELLINGS = (
+    (re.compile(r"\\arg\s*\\(max|min)"), r"\\operatorname*{arg\\,\1}"),
+    (re.compile(r"\\arg(?![a-zA-Z])"), r"\\mathrm{arg}\\,"),
+    (re.compile(r"\\operatorname\*?\{([^}]*)\}"), r"\\mathrm{\1}\\,"),
+    (re.compile(r"\\(big|Big|bigg|Bigg)(?=[()\[\]|.]|\\[{}|])"), ""),
+)
+
+
+def tex_for_mathml(tex: str) -> str:
+    for pattern, replacement in _TEX_SPELLINGS:
+        tex = pattern.sub(replacement, tex)
+    return tex
+
+
+def math_to_mathml(markdown: str) -> str:
+    """``$…$`` and ``$$…$$`` of a markdown text as MathML; code spans left alone; an unreadable formula
+    stays TeX as written."""
+
+    def mathml(match: re.Match) -> str:
+        display = "block" if match.group("block") is not None else "inline"
+        try:
+            return latex_to_mathml(tex_for_mathml(match.group(display).strip()), display=display)
+        except Exception:  # noqa: BLE001 - any unsupported construct: keep the TeX as written
+            return match.group(0)
+
+    parts = _CODE_SPAN.split(markdown)
+    for i in range(0, len(parts), 2):  # even parts are outside code spans
+        parts[i] = _MATH.sub(mathml, parts[i])
+    return "".join(parts)
+
+
+class MathToMathML(Preprocessor):
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "markdown":
+            cell.source = math_to_mathml(cell.source)
+        return cell, resources
+
+
+# --------------------------------------------------------------------------------------------------
+# The chapter page: run card, rebuilt views, captions, alt text
+# --------------------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{2,4})\s+(.+?)\s*$", re.M)
+_SHOW = re.compile(r"recorder\.show\(\s*[\"'](?P<name>[\w.-]+)[\"']")
+_FIGURE = re.compile(r"recorder\.figure\(\s*[\"'](?P<name>[\w.-]+)[\"']")
+# Views rebuilt from the table's CSV at render time (the saved numbers, today's layout).
+VIEWS = {"paper_vs_ours_view": report.paper_vs_ours_view, "ranked_view": report.ranked_view}
+
+
+def _plain(markdown: str) -> str:
+    """Heading text without markdown (code spans, emphasis) for captions and alt text."""
+    return re.sub(r"[`*_]", "", markdown).strip()
+
+
+def _rebuilt_view(source: str, folder: Path | None) -> str | None:
+    """HTML of a paper-vs-ours (or ranked) view rebuilt from ``tables/<name>.csv``, or None."""
+    match = _SHOW.search(source)
+    if folder is None or match is None:
+        return None
+    view = next((f for name, f in VIEWS.items() if f"report.{name}(" in source), None)
+    path = folder / "tables" / f"{match['name']}.csv"
+    if view is None or not path.is_file():
+        return None
+    try:
+        return view(pd.read_csv(path)).to_html()
+    except (KeyError, ValueError, TypeError):  # an older table layout: keep the stored output
+        return None
+
+
+class ChapterPage(Preprocessor):
+    """Run card after the title, parameters cells hidden, views rebuilt, figures captioned."""
+
+    def preprocess(self, nb, resources):
+        page = resources.get("kdrepro", {})
+        folder = page.get("folder")
+        cells = []
+        section = ""
+        for cell in nb.cells:
+            tags = set(cell.metadata.get("tags", []))
+            if cell.cell_type == "code" and tags & HIDDEN_TAGS:
+                continue
+            if cell.cell_type == "markdown":
+                headings = _HEADING.findall(cell.source)
+                if headings:
+                    section = _plain(headings[-1][1])
+            if cell.cell_type == "code":
+                self._outputs(cell, section, folder)
+            cells.append(cell)
+        first = next(
+            (
+                i
+                for i, c in enumerate(cells)
+                if c.cell_type == "markdown" and "papermill-error-cell-tag" not in c.metadata.get("tags", [])
+            ),
+            -1,
+        )
+        card = nbformat.v4.new_raw_cell(page.get("card_html", ""), metadata={"tags": [CARD_TAG]})
+        cells.insert(first + 1, card)
+        nb.cells = cells
+        return nb, resources
+
+    @staticmethod
+    def _outputs(cell, section: str, folder: Path | None) -> None:
+        rebuilt = _rebuilt_view(cell.source, folder)
+        figure = _FIGURE.search(cell.source)
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if rebuilt is not None and "text/html" in data:
+                data["text/html"] = rebuilt
+                rebuilt = None
+            if "image/png" in data:
+                name = figure["name"].replace("_", " ") if figure else "figure"
+                meta = out.setdefault("metadata", {}).setdefault("image/png", {})
+                meta["alt"] = f"Figure ({name}) of section “{section}”: plotted results, also in the tables above"
+                meta["caption"] = f"{section}" + (f" — saved as figures/{figure['name']}.png" if figure else "")
+        cell.metadata["kdrepro_section"] = section
+
+
+def _toc(body: str) -> str:
+    """A contents list from the page's own h2 headings (their ids come from nbconvert)."""
+    items = re.findall(r'<h2 id="([^"]+)">(.*?)(?:<a class="anchor-link"[^>]*>.*?</a>)?</h2>', body, re.S)
+    links = "".join(
+        f'<li><a href="#{anchor}">{re.sub(r"<[^>]+>", "", text).strip()}</a></li>' for anchor, text in items
+    )
+    return f'<nav class="toc" aria-label="contents"><b>Contents</b><ol>{links}</ol></nav>' if links else ""
+
+
+def exporter() -> HTMLExporter:
+    html_exporter = HTMLExporter(
+        template_name=TEMPLATE,
+        extra_template_basedirs=[str(TEMPLATES)],
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    for preprocessor in (*OUTPUT_CLEANUP, MathToMathML, ChapterPage):
+        html_exporter.register_preprocessor(preprocessor(), enabled=True)
+    return html_exporter
+
+
+def render(nb, manifest: Mapping[str, Any], *, folder: Path | None, nav: Mapping[str, Any]) -> str:
+    """The page of one chapter: ``nb`` (executed) with ``manifest``'s run card and ``nav`` links.
+
+    ``folder``: the chapter's results (tables/*.csv, metrics.json) the card and rebuilt views read.
+    """
+    metrics = glance.read_json(folder / "metrics.json") if folder else None
+    card = glance.card_html(manifest, metrics or {}, folder)
+    resources = {
+        "metadata": {"name": manifest.get("title") or manifest["stem"]},
+        "kdrepro": {
+            "card_html": card,
+            "folder": folder,
+            "nav": dict(nav),
+            "css": (TEMPLATES / TEMPLATE / "static" / "kdrepro.css").read_text(encoding="utf-8"),
+        },
+    }
+    body, _ = exporter().from_notebook_node(nb, resources=resources)
+    return body.replace("<!--kdrepro:toc-->", _toc(body), 1)
+
+
+def read_notebook(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def notebook_title(path: Path) -> str:
+    for cell in read_notebook(path).cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return Path(path).stem
