@@ -1,0 +1,453 @@
+"""ConCF — consensus learning from heterogeneous objectives (Kang, D. Lee, Kweon, Hwang, Yu, "Consensus
+Learning from Heterogeneous Objectives for One-Class Collaborative Filtering", WWW'22, arXiv 2202.13140).
+
+One model (:class:`kdrepro.models.multihead.MultiHeadCF`) with a head per one-class CF objective x ∈ X on
+shared embeddings. Each head learns its own objective L^x_CF (:mod:`kdrepro.objectives`); the heads' rankings
+are consolidated into a per-user **consensus**, and every head also learns the consensus (**consensus
+learning**, CL) after a warm-up. Only the target head is kept for inference. The training objective:
+
+    L = Σ_{x ∈ X} w_x ( L^x_CF + α · L^x_CL ),                       α = 0.005, CL from epoch 51
+
+**Consensus generation** (every p = 10 epochs): each head ranks every user's unobserved items; with
+r^x_ui the position of item i in head x's top-N (N = 100, 0 = best) and σ^x_ui the standard deviation of
+that position over the last Q = 5 rankings of the head (a position outside a top-N counts as N),
+
+    s_ui = Σ_x 𝟙[r^x_ui < N] · ( exp(−r^x_ui / T) + β · exp(−σ^x_ui / T) ),    T = 10
+
+(importance of the position plus a rank-consistency bonus for items the head keeps ranking alike; β = 1;
+only ranks < N count). The consensus π_u is the top-N of s_u.
+
+**Consensus learning** (the relaxed Plackett-Luce loss of RRD, :func:`kdrepro.distill.rrd.relaxed_ranking_loss`):
+the consensus' first K = 50 items, in order, above its last N − K = 50 (their order ignored), on the scores
+r^x of each head, for the distinct users of a batch:
+
+    L^x_CL = −Σ_u Σ_{k=1..K} [ r^x_{uπ_k} − log( Σ_{l=k..K} e^{r^x_{uπ_l}} + Σ_{j=K+1..N} e^{r^x_{uπ_j}} ) ]
+
+**Balancing** (GradNorm, Chen et al., ICML'18): with G_x = w_x ‖∇_W L^x‖ the norm of head x's gradient on the
+shared embeddings W, L̃_x = L^x_CF / L^x_CF(first batch) and r_x = L̃_x / mean(L̃),
+
+    L_grad = Σ_x | G_x − mean(G) · r_x^τ |,      τ = 0.15 (target held constant)
+
+trains the learnable weights w (clipped to [0.5, 2] and renormalised to sum |X| before every step).
+
+Shapes: U users, I items, H = |X| heads, B batch pairs. Head rankings (H, U, N); queue (Q, U, N) per head;
+consensus (U, N); CL scores (B_u, N) per head over the B_u distinct users of a batch.
+
+**Departures from the authors' code, each stated in chapter 06:**
+- Balancing: the authors differentiate L_grad with second-order gradients that also reach the model; here
+  L_grad reaches the weights only (GradNorm's rule), and G_x is the per-head gradient norm on the embedding
+  rows the head used, captured by hooks during the previous step's backward pass (one step of lag, no
+  extra backward pass).
+- Consensus: ranked afresh at the update epoch from the current heads, training items masked (the authors
+  reused the previous evaluation's rankings); the consistency queue keeps updating for the whole run (the
+  authors' consistency term stopped changing at epoch 50).
+- Multinomial heads: each epoch covers every user (user multinomial) and every item (item multinomial)
+  once, a slice per batch, as an autoencoder epoch does; pairwise heads see the batch's (user, pos, neg).
+- The consensus is generated in one vectorised pass (the authors ranked in a Python loop over users).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdrepro.distill.base import check_positive
+from kdrepro.distill.rrd import relaxed_ranking_loss
+from kdrepro.evaluate import evaluate, gather_rows, rank_full
+from kdrepro.models.base import Recommender
+from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF
+from kdrepro.objectives import BASE_LOSSES, multinomial_loss
+
+if TYPE_CHECKING:
+    from kdrepro.splits import Split
+    from kdrepro.types import Batch
+
+# How each objective reads a batch: pairwise on (user, pos, neg) pairs, or listwise over a user's row
+# (user multinomial) or an item's column (item multinomial) of the training matrix.
+HEAD_KINDS = {"bpr": "pair", "cml": "pair", "bce": "pair", "mse": "pair",
+              "user_multinomial": "user", "item_multinomial": "item"}
+CONSENSUS_CHUNK = 512  # users whose (chunk, num_items) consensus scores are accumulated at once
+
+
+@dataclass(frozen=True)
+class ConCFConfig:
+    heads: tuple[str, ...] = OBJECTIVES  # X: one head per objective (the authors' code: these six)
+    target: str = "bpr"  # the head kept for inference
+    consensus_learning: bool = True  # False: heads trained side by side (ConCF without CL)
+    alpha: float = 0.005  # α: weight of L_CL
+    warmup_epochs: int = 50  # CL from epoch warmup_epochs + 1 (the authors: 51)
+    update_every: int = 10  # p: epochs between consensus generations
+    top_n: int = 100  # N: each head's ranking and the consensus length
+    num_interesting: int = 50  # K: consensus items ranked in order above the other N − K
+    temperature: float = 10.0  # T in exp(−rank/T) and exp(−σ/T)
+    queue_size: int = 5  # Q: rankings per head the consistency σ is computed over
+    consistency_weight: float = 1.0  # β: weight of the consistency bonus (0: importance only)
+    balance: bool = True  # GradNorm weights (False: every w_x = 1)
+    gradnorm_tau: float = 0.15  # τ: exponent of the relative inverse training rate
+    weight_min: float = 0.5  # clip range of the balancing weights
+    weight_max: float = 2.0
+    track_heads: bool = True  # log every head's and the consensus' validation metrics at each generation
+
+    def __post_init__(self) -> None:
+        unknown = [h for h in self.heads if h not in OBJECTIVES]
+        if not self.heads or unknown or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"ConCFConfig.heads={self.heads!r}: give distinct objectives among {OBJECTIVES}")
+        if self.target not in self.heads:
+            raise ValueError(f"ConCFConfig.target={self.target!r} is not one of heads={self.heads!r}")
+        check_positive(self, "update_every", "top_n", "num_interesting", "temperature", "queue_size")
+        if self.num_interesting >= self.top_n:
+            raise ValueError(f"ConCFConfig.num_interesting={self.num_interesting} must be below top_n={self.top_n}")
+        if not 0 < self.weight_min <= 1 <= self.weight_max:
+            raise ValueError(f"ConCFConfig weight range [{self.weight_min}, {self.weight_max}] must contain 1")
+        if self.alpha < 0 or self.consistency_weight < 0 or self.warmup_epochs < 0:
+            raise ValueError("ConCFConfig.alpha, consistency_weight and warmup_epochs must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure functions (unit-tested by hand)
+# --------------------------------------------------------------------------------------------------
+
+
+def consensus_learning_loss(scores: torch.Tensor, num_interesting: int) -> torch.Tensor:
+    """L_CL of one head: ``scores`` (B, N) of the consensus items in consensus order; the first K in
+    order above the last N − K (unordered); summed over the batch."""
+    return relaxed_ranking_loss(scores[:, :num_interesting], scores[:, num_interesting:])
+
+
+def positions_in(ranking: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """(U, M) position of each of ``items`` (U, M) in ``ranking`` (U, N) of the same user; N when absent."""
+    sorted_ids, order = ranking.sort(dim=1)
+    slot = torch.searchsorted(sorted_ids, items).clamp(max=ranking.shape[1] - 1)
+    found = sorted_ids.gather(1, slot) == items
+    return torch.where(found, order.gather(1, slot), torch.full_like(items, ranking.shape[1]))
+
+
+def consistency_bonus(queue: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """exp(−σ/T) for the items of the newest ranking ``queue[-1]`` (U, N): σ the standard deviation
+    (population) of their positions over every ranking of the queue (oldest first), absent = N."""
+    current = queue[-1]
+    positions = torch.stack([positions_in(past, current) for past in queue]).float()  # (Q, U, N)
+    return torch.exp(-positions.std(dim=0, unbiased=False) / temperature)
+
+
+def consensus_scores(
+    rankings: torch.Tensor, bonus: torch.Tensor, num_items: int, temperature: float, consistency_weight: float
+) -> torch.Tensor:
+    """(U, num_items) s_ui = Σ_x exp(−r^x_ui/T) + β·bonus^x_ui over the heads' top-N ``rankings`` (H, U, N);
+    0 for items in no head's top-N. ``bonus`` (H, U, N) aligns with ``rankings``."""
+    num_heads, num_users, top_n = rankings.shape
+    importance = torch.exp(-torch.arange(top_n, dtype=torch.float32, device=rankings.device) / temperature)
+    values = importance.expand(num_heads, num_users, top_n) + consistency_weight * bonus
+    scores = torch.zeros(num_users, num_items, device=rankings.device)
+    flat = rankings.permute(1, 0, 2).reshape(num_users, -1)
+    scores.scatter_add_(1, flat, values.permute(1, 0, 2).reshape(num_users, -1))
+    return scores
+
+
+def consensus_ranking(
+    rankings: torch.Tensor, bonus: torch.Tensor, num_items: int, temperature: float, consistency_weight: float,
+    top_n: int,
+) -> torch.Tensor:
+    """(U, top_n) items by decreasing consensus score, built ``CONSENSUS_CHUNK`` users at a time."""
+    out = []
+    for lo in range(0, rankings.shape[1], CONSENSUS_CHUNK):
+        part = slice(lo, lo + CONSENSUS_CHUNK)
+        scores = consensus_scores(rankings[:, part], bonus[:, part], num_items, temperature, consistency_weight)
+        out.append(scores.topk(top_n, dim=1).indices)
+    return torch.cat(out)
+
+
+def gradnorm_loss(
+    weights: torch.Tensor, grad_norms: torch.Tensor, loss_ratios: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """Σ_x |w_x g_x − mean(w g) · (L̃_x / mean L̃)^τ| with the target held constant: its gradient reaches
+    ``weights`` (H,) only (``grad_norms`` g_x = ‖∇_W L^x‖ and ``loss_ratios`` L̃_x are data)."""
+    weighted = weights * grad_norms.detach()
+    inverse_rate = loss_ratios.detach() / loss_ratios.detach().mean()
+    target = (weighted.detach().mean() * inverse_rate**tau).detach()
+    return (weighted - target).abs().sum()
+
+
+@torch.no_grad()
+def renormalize_(weights: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """In place: clip to [low, high], then rescale to sum to the number of weights."""
+    weights.clamp_(low, high)
+    weights.mul_(len(weights) / weights.sum())
+    return weights
+
+
+# --------------------------------------------------------------------------------------------------
+# The consensus as a recommender (for evaluation)
+# --------------------------------------------------------------------------------------------------
+
+
+class ConsensusScorer(Recommender):
+    """Scores every item by the heads' consensus (importance part: Σ_x exp(−r^x/T) over each head's top-N).
+
+    ``which`` is the evaluation it serves: ``"test"`` also masks the validation items before the heads rank,
+    as ``evaluate`` does for every model. Items outside every head's top-N score 0.
+    """
+
+    def __init__(self, model: MultiHeadCF, split: Split, which: str, top_n: int = 100, temperature: float = 10.0,
+                 heads: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.model, self.split, self.which = model, split, which
+        self.top_n, self.temperature = top_n, temperature
+        self.heads = tuple(heads or model.heads)
+        self.num_users, self.num_items, self.dim = model.num_users, model.num_items, model.dim
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        ids = users.cpu().numpy()
+        rankings = torch.stack([
+            torch.cat([ranked for _, ranked in rank_full(self.model.head(h), self.split, self.which,
+                                                          top_k=self.top_n, users=ids)])
+            for h in self.heads
+        ])
+        return consensus_scores(rankings, torch.zeros_like(rankings, dtype=torch.float32), self.num_items,
+                                self.temperature, 0.0)
+
+
+@dataclass
+class _BatchIds:
+    """The ids one batch gathers: pairwise heads' distinct users/items (with the inverse maps, pairs first,
+    then the consensus users/items), the multinomial heads' slices and targets, the consensus lists."""
+
+    pair_shape: tuple[int, int]
+    users: torch.Tensor | None = None
+    user_index: torch.Tensor | None = None
+    items: torch.Tensor | None = None
+    item_index: torch.Tensor | None = None
+    cl_users: torch.Tensor | None = None
+    cl_items: torch.Tensor | None = None  # (B_u, N) consensus lists of the batch's distinct users
+    cl_unique_items: torch.Tensor | None = None
+    cl_item_index: torch.Tensor | None = None
+    user_chunk: torch.Tensor | None = None
+    user_chunk_and_cl: torch.Tensor | None = None
+    user_targets: torch.Tensor | None = None
+    item_chunk: torch.Tensor | None = None
+    item_targets: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The training objective of the multi-branch model
+# --------------------------------------------------------------------------------------------------
+
+
+class ConCF(nn.Module):
+    """Every head's objective, the balancing and the consensus learning, as ``fit(..., distill=ConCF(...))``
+    with ``TrainConfig(loss="none")`` and a :class:`MultiHeadCF` of the same heads as the model.
+
+    ``log`` holds one row per consensus generation: its seconds and (``track_heads``) every head's and the
+    consensus' validation metrics at that point; ``weight_log`` the balancing weights per epoch.
+    """
+
+    Config = ConCFConfig
+
+    def __init__(self, config: ConCFConfig, split: Split) -> None:
+        super().__init__()
+        self.config, self.split = config, split
+        self.weights = nn.Parameter(torch.ones(len(config.heads)))
+        self.register_buffer("initial_losses", torch.full((len(config.heads),), float("nan")), persistent=False)
+        self.balanced = config.balance and len(config.heads) > 1
+        self.num_users, self.num_items, self.num_pairs = split.num_users, split.num_items, split.num_train
+        order = np.argsort(split.train_items, kind="stable")
+        self.item_indptr = np.concatenate([[0], np.cumsum(np.bincount(split.train_items, minlength=split.num_items))])
+        self.item_users = split.train_users[order]
+        self.queues = {h: deque(maxlen=config.queue_size) for h in config.heads}
+        self.consensus: torch.Tensor | None = None
+        self.log: list[dict] = []
+        self.weight_log: list[dict] = []
+        self.generator = torch.Generator().manual_seed(0)
+        self._epoch, self._pairs_seen, self._generate_now = 0, 0, False
+        self._user_order = torch.arange(split.num_users)
+        self._item_order = torch.arange(split.num_items)
+        self._grad_sq = torch.zeros(len(config.heads))
+        self._grad_weights = torch.ones(len(config.heads))
+        self._have_grads = False
+
+    # Epoch bookkeeping -----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        cfg = self.config
+        self.generator, self._epoch, self._pairs_seen = generator, epoch, 0
+        self._user_order = torch.randperm(self.num_users, generator=generator)
+        self._item_order = torch.randperm(self.num_items, generator=generator)
+        wants_consensus = cfg.consensus_learning or cfg.track_heads
+        self._generate_now = wants_consensus and (epoch - 1) % cfg.update_every == 0
+        self.weight_log.append({"epoch": epoch, **dict(zip(cfg.heads, self.weights.detach().tolist(), strict=True))})
+
+    def learning_consensus(self) -> bool:
+        return self.config.consensus_learning and self._epoch > self.config.warmup_epochs and self.consensus is not None
+
+    def _slice(self, order: torch.Tensor, batch_pairs: int) -> torch.Tensor:
+        """This batch's share of an epoch-long permutation, proportional to the pairs it covers."""
+        n = len(order)
+        lo = self._pairs_seen * n // self.num_pairs
+        hi = min(self._pairs_seen + batch_pairs, self.num_pairs) * n // self.num_pairs
+        return order[lo:hi]
+
+    # Consensus generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model: MultiHeadCF) -> torch.Tensor:
+        """Rank every user's top-N with every head, push the rankings into the queues, build the consensus.
+
+        ``log`` gets the seconds of the whole generation, of the heads' ranking and of the consolidation
+        (queue positions, consistency, consensus top-N) separately."""
+        cfg = self.config
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        rankings, bonuses = [], []
+        for head in cfg.heads:
+            ranked = torch.cat([r.cpu() for _, r in rank_full(model.head(head), self.split, "train",
+                                                              top_k=cfg.top_n)])
+            self.queues[head].append(ranked)
+            rankings.append(ranked)
+            bonuses.append(consistency_bonus(list(self.queues[head]), cfg.temperature))
+        ranked_at = time.perf_counter()
+        consensus = consensus_ranking(torch.stack(rankings), torch.stack(bonuses), self.num_items,
+                                      cfg.temperature, cfg.consistency_weight, cfg.top_n)
+        model.train(was_training)
+        done = time.perf_counter()
+        row = {"epoch": self._epoch - 1, "generation_s": done - started, "ranking_s": ranked_at - started,
+               "consolidation_s": done - ranked_at}
+        if cfg.track_heads:
+            row.update(self.validation_row(model))
+        self.log.append(row)
+        return consensus
+
+    def validation_row(self, model: MultiHeadCF) -> dict[str, float]:
+        """Validation Recall/NDCG@50 of every head and of the consensus (importance part), model as is."""
+        row = {}
+        for head in self.config.heads:
+            metrics = evaluate(model.head(head), self.split, "valid")
+            row.update({f"{head}/{name}": value for name, value in metrics.items()})
+        scorer = ConsensusScorer(model, self.split, "valid", self.config.top_n, self.config.temperature)
+        row.update({f"consensus/{name}": value for name, value in evaluate(scorer, self.split, "valid").items()})
+        return row
+
+    # One batch ---------------------------------------------------------------------------------------
+    def _capture(self, index: int):
+        def hook(grad: torch.Tensor) -> None:
+            self._grad_sq[index] += float(grad.detach().pow(2).sum())
+        return hook
+
+    def _rows(self, table: torch.Tensor, ids: torch.Tensor | None, index: int) -> torch.Tensor:
+        """The head's own gather of shared embedding rows (``ids=None``: every row, as a view); its gradient
+        norm feeds the balancing."""
+        rows = table.view_as(table) if ids is None else table.index_select(0, ids)
+        if self.balanced and rows.requires_grad:
+            rows.register_hook(self._capture(index))
+        return rows
+
+    def _head_loss(self, model: MultiHeadCF, index: int, head: str, ids: _BatchIds
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """L^x_CF of head ``head`` on this batch, and L^x_CL when the consensus is being learned (else None)."""
+        branch = model.branches[head]
+        user_table, item_table = model.user_embedding.weight, model.item_embedding.weight
+        kind = HEAD_KINDS[head]
+        cl_items, k = ids.cl_items, self.config.num_interesting
+        if kind == "item":
+            user_out = branch(self._rows(user_table, None, index))
+            item_out = branch(self._rows(item_table, ids.item_chunk, index))
+            loss = multinomial_loss(branch.score_matrix(item_out, user_out), ids.item_targets)
+            if cl_items is None:
+                return loss, None
+            cl_item_out = branch(self._rows(item_table, ids.cl_unique_items, index))[ids.cl_item_index]
+            return loss, consensus_learning_loss(branch.scores(user_out[ids.cl_users], cl_item_out), k)
+        if kind == "user":
+            user_out = branch(self._rows(user_table, ids.user_chunk_and_cl, index))
+            item_out = branch(self._rows(item_table, None, index))
+            chunk = len(ids.user_chunk)
+            loss = multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), ids.user_targets)
+            if cl_items is None:
+                return loss, None
+            return loss, consensus_learning_loss(branch.scores(user_out[chunk:], item_out[cl_items]), k)
+        user_out = branch(self._rows(user_table, ids.users, index))
+        item_out = branch(self._rows(item_table, ids.items, index))
+        pairs = ids.pair_shape
+        n_pairs = pairs[0] * pairs[1]
+        scores = branch.scores(user_out[ids.user_index[: pairs[0]]],
+                               item_out[ids.item_index[:n_pairs]].view(*pairs, -1))
+        loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
+        if cl_items is None:
+            return loss, None
+        cl_scores = branch.scores(user_out[ids.user_index[pairs[0]:]],
+                                  item_out[ids.item_index[n_pairs:]].view(*cl_items.shape, -1))
+        return loss, consensus_learning_loss(cl_scores, k)
+
+    def _batch_ids(self, batch: Batch, learn_consensus: bool) -> _BatchIds:
+        """Every id the heads of this batch gather, made distinct once for all heads."""
+        device = batch.users.device
+        kinds = {HEAD_KINDS[h] for h in self.config.heads}
+        ids = _BatchIds(pair_shape=(len(batch.users), 1 + batch.neg.shape[1]))
+        cl_users = torch.unique(batch.users) if learn_consensus else batch.users[:0]
+        if learn_consensus:
+            ids.cl_users = cl_users
+            ids.cl_items = self.consensus[cl_users.cpu()].to(device)
+        if "pair" in kinds:
+            pair_items = torch.cat([batch.pos.unsqueeze(1), batch.neg], dim=1).reshape(-1)
+            items = pair_items if ids.cl_items is None else torch.cat([pair_items, ids.cl_items.reshape(-1)])
+            ids.items, ids.item_index = torch.unique(items, return_inverse=True)
+            ids.users, ids.user_index = torch.unique(torch.cat([batch.users, cl_users]), return_inverse=True)
+        if "item" in kinds:
+            ids.item_chunk = self._slice(self._item_order, len(batch.users)).to(device)
+            ids.item_targets = self._dense_rows(self.item_indptr, self.item_users, ids.item_chunk, self.num_users,
+                                                device)
+            if ids.cl_items is not None:
+                ids.cl_unique_items, ids.cl_item_index = torch.unique(ids.cl_items, return_inverse=True)
+        if "user" in kinds:
+            ids.user_chunk = self._slice(self._user_order, len(batch.users)).to(device)
+            ids.user_chunk_and_cl = torch.cat([ids.user_chunk, cl_users])
+            ids.user_targets = self._dense_rows(self.split.train_indptr, self.split.train_items, ids.user_chunk,
+                                                self.num_items, device)
+        return ids
+
+    @staticmethod
+    def _dense_rows(indptr: np.ndarray, values: np.ndarray, ids: torch.Tensor, width: int,
+                    device: torch.device) -> torch.Tensor:
+        rows, cols = gather_rows(indptr, values, ids.cpu().numpy())
+        dense = torch.zeros(len(ids), width, device=device)
+        dense[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = 1.0
+        return dense
+
+    def forward(self, model: MultiHeadCF, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        if not isinstance(model, MultiHeadCF) or model.heads != cfg.heads:
+            raise ValueError(f"ConCF with heads {cfg.heads} needs a MultiHeadCF with the same heads")
+        if self._generate_now:
+            self._generate_now = False
+            self.consensus = self.generate(model)
+        ids = self._batch_ids(batch, self.learning_consensus())
+        if self.balanced:
+            renormalize_(self.weights, cfg.weight_min, cfg.weight_max)
+            # Norms captured in the previous backward pass were of w_x·L^x: divide by those w_x.
+            previous = self._grad_sq.sqrt() / self._grad_weights
+            self._grad_sq.zero_()
+            self._grad_weights = self.weights.detach().clone()
+        losses, cl_losses = [], []
+        for index, head in enumerate(cfg.heads):
+            loss, cl = self._head_loss(model, index, head, ids)
+            losses.append(loss)
+            cl_losses.append(cl)
+        self._pairs_seen += len(batch.users)
+        weights = self.weights.detach()
+        terms = {}
+        for index, head in enumerate(cfg.heads):
+            terms[head] = weights[index] * losses[index]
+            if cl_losses[index] is not None:
+                terms[f"cl/{head}"] = weights[index] * cfg.alpha * cl_losses[index]
+        if self.balanced:
+            current = torch.stack([loss.detach() for loss in losses])
+            if torch.isnan(self.initial_losses).any():
+                self.initial_losses.copy_(current)
+            if self._have_grads:
+                terms["balance"] = gradnorm_loss(self.weights, previous, current / self.initial_losses,
+                                                 cfg.gradnorm_tau)
+            self._have_grads = True
+        return terms

@@ -1,0 +1,151 @@
+"""The multi-branch recommender of ConCF (Kang et al., WWW'22): shared embeddings, one branch per objective.
+
+Users and items share one embedding table each (``dim``, the authors' 64). Every branch ``h`` owns a bottom
+MLP ``dim → dim/2 (ReLU, dropout) → dim/4`` (64 → 32 → 16) applied to user and item embeddings alike, and
+scores a pair by its head's geometry:
+
+- inner-product heads (BPR, BCE, MSE, user and item multinomial): s_h(u, i) = <f_h(e_u), f_h(e_i)>;
+- the metric head (CML): s_h(u, i) = −‖f̄_h(e_u) − f̄_h(e_i)‖², where f̄ projects each output into the unit
+  ball (x / max(1, ‖x‖)). CML projects its embedding tables after every step; here the branch output is the
+  metric space, so the projection is applied in the forward pass.
+
+The model follows the :class:`Recommender` contract through its **target** head: ``score``/``score_all``
+score with that branch only, which is the model kept for inference (ConCF's claim: no extra inference cost).
+``head(name)`` is a Recommender view of any other branch (sharing the parameters) for evaluation. A model
+with one branch is SingleCF: the same architecture trained with a single objective.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdrepro.models.base import Recommender, init_embedding, pairwise_dot
+
+OBJECTIVES = ("bpr", "cml", "bce", "mse", "user_multinomial", "item_multinomial")
+METRIC_OBJECTIVES = frozenset({"cml"})  # heads scored by negative squared distance
+
+
+def project_unit_ball(x: torch.Tensor) -> torch.Tensor:
+    """Each row divided by max(1, its norm): rows inside the unit ball are left unchanged."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1.0)
+
+
+class Branch(nn.Module):
+    """One head's bottom MLP ``dim → hidden (ReLU, dropout) → out``; ``metric`` adds the unit-ball projection."""
+
+    def __init__(self, dim: int, hidden: int, out: int, dropout: float, metric: bool) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+        self.metric = metric
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x)
+        return project_unit_ball(out) if self.metric else out
+
+    def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Branch outputs of users (B, d) against items (B, d) or (B, C, d) → (B,) or (B, C)."""
+        if not self.metric:
+            return pairwise_dot(users, items)
+        if items.dim() == 3:
+            users = users.unsqueeze(1)
+        return -((users - items) ** 2).sum(-1)
+
+    def score_matrix(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Every row output (R, d) against every column output (C, d) → (R, C)."""
+        dot = rows @ cols.T
+        if not self.metric:
+            return dot
+        return -((rows**2).sum(1, keepdim=True) - 2 * dot + (cols**2).sum(1)[None, :])
+
+
+class MultiHeadCF(Recommender):
+    """Shared embeddings + one :class:`Branch` per objective in ``heads``; ``target`` is the kept head."""
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        heads: tuple[str, ...],
+        *,
+        dim: int = 64,
+        target: str | None = None,
+        dropout: float = 0.1,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        unknown = [h for h in heads if h not in OBJECTIVES]
+        if not heads or unknown or len(set(heads)) != len(heads):
+            raise ValueError(f"heads={heads!r}: give distinct objectives among {OBJECTIVES}")
+        target = heads[0] if target is None else target
+        if target not in heads:
+            raise ValueError(f"target head {target!r} is not one of heads={heads!r}")
+        if dim < 4:
+            raise ValueError(f"dim must be at least 4 (the branches are dim → dim/2 → dim/4), got {dim}")
+        self.num_users, self.num_items, self.dim = num_users, num_items, dim
+        self.heads, self.target = tuple(heads), target
+        self.user_embedding = init_embedding(num_users, dim, std=init_std)
+        self.item_embedding = init_embedding(num_items, dim, std=init_std)
+        self.branches = nn.ModuleDict(
+            {h: Branch(dim, dim // 2, dim // 4, dropout, h in METRIC_OBJECTIVES) for h in heads}
+        )
+
+    @property
+    def repr_dim(self) -> int:
+        return self.dim // 4
+
+    # Any head -------------------------------------------------------------------------------------
+    def head_scores(self, head: str, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Head ``head``'s scores of users (B,) with items (B,) or (B, C)."""
+        branch = self.branches[head]
+        return branch.scores(branch(self.user_embedding(users)), branch(self.item_embedding(items)))
+
+    def head_score_all(self, head: str, users: torch.Tensor) -> torch.Tensor:
+        """(B, num_items) scores of head ``head``."""
+        branch = self.branches[head]
+        return branch.score_matrix(branch(self.user_embedding(users)), branch(self.item_embedding.weight))
+
+    def head(self, name: str) -> HeadView:
+        """A :class:`Recommender` that scores with head ``name`` (parameters shared with this model)."""
+        if name not in self.branches:
+            raise ValueError(f"no head {name!r}; this model has {self.heads}")
+        return HeadView(self, name)
+
+    def target_parameters(self) -> int:
+        """Scalars kept for inference: the embeddings and the target branch."""
+        kept = [self.user_embedding.weight, self.item_embedding.weight, *self.branches[self.target].parameters()]
+        return sum(p.numel() for p in kept)
+
+    # The Recommender contract: the target head --------------------------------------------------------
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.head_scores(self.target, users, items)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.head_score_all(self.target, users)
+
+    def user_repr(self, users: torch.Tensor) -> torch.Tensor:
+        return self.branches[self.target](self.user_embedding(users))
+
+    def item_repr(self, items: torch.Tensor) -> torch.Tensor:
+        return self.branches[self.target](self.item_embedding(items))
+
+
+class HeadView(Recommender):
+    """One head of a :class:`MultiHeadCF` as a Recommender (for ``evaluate`` and ranking)."""
+
+    def __init__(self, model: MultiHeadCF, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+        self.num_users, self.num_items, self.dim = model.num_users, model.num_items, model.dim
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model.head_scores(self.head, users, items)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.head_score_all(self.head, users)
+
+    def user_repr(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.branches[self.head](self.model.user_embedding(users))
+
+    def item_repr(self, items: torch.Tensor) -> torch.Tensor:
+        return self.model.branches[self.head](self.model.item_embedding(items))

@@ -1,0 +1,174 @@
+"""ConCF (chapter 06): the heads' objectives, the consensus, the listwise loss and the balancing, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdrepro import data, splits
+from kdrepro.distill.concf import (
+    ConCF,
+    ConCFConfig,
+    ConsensusScorer,
+    consensus_learning_loss,
+    consensus_ranking,
+    consensus_scores,
+    consistency_bonus,
+    gradnorm_loss,
+    positions_in,
+    renormalize_,
+)
+from kdrepro.evaluate import evaluate
+from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball
+from kdrepro.objectives import bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
+from kdrepro.train import TrainConfig, fit
+from kdrepro.types import Batch
+
+
+@pytest.fixture(scope="module")
+def split():
+    return splits.make_split(data.synthetic(num_users=60, num_items=120, seed=3), "holdout", 0)
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_objectives_by_hand():
+    pos, neg = torch.tensor([2.0, -1.0]), torch.tensor([[1.0], [0.5]])
+    assert bpr_loss(pos, neg).item() == pytest.approx(-math.log(_sigmoid(1.0)) - math.log(_sigmoid(-1.5)), rel=1e-6)
+    assert bce_loss(pos, neg).item() == pytest.approx(
+        -(math.log(_sigmoid(2)) + math.log(_sigmoid(-1)) + math.log(_sigmoid(-1)) + math.log(_sigmoid(-0.5))), rel=1e-6)
+    assert mse_loss(pos, neg).item() == pytest.approx(1 + 4 + 1 + 0.25)
+    # CML on s = −d²: [m + d²_pos − d²_neg]_+ = [0.5 − 2 + 1]_+ + [0.5 + 1 + 0.5]_+ = 0 + 2
+    assert cml_hinge_loss(pos, neg).item() == pytest.approx(2.0)
+    scores, targets = torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[0.0, 1.0]])
+    assert multinomial_loss(scores, targets).item() == pytest.approx(-math.log(3 / 4), rel=1e-6)
+
+
+def test_consensus_learning_loss_by_hand():
+    a, b, c, d = 2.0, 1.0, 0.5, -1.0
+    scores = torch.tensor([[a, b, c, d]])
+    # first K = 2 in order above the last two (unordered)
+    expected = -((a - math.log(math.exp(a) + math.exp(b) + math.exp(c) + math.exp(d)))
+                 + (b - math.log(math.exp(b) + math.exp(c) + math.exp(d))))
+    assert consensus_learning_loss(scores, 2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_positions_and_consistency_bonus_by_hand():
+    old = torch.tensor([[5, 7, 9]])
+    new = torch.tensor([[7, 5, 3]])
+    assert positions_in(old, new).tolist() == [[1, 0, 3]]  # item 3 absent → N = 3
+    bonus = consistency_bonus([old, new], temperature=10.0)
+    # positions over the queue: item 7 (1, 0), item 5 (0, 1), item 3 (3, 2): population std 0.5 each
+    assert bonus[0].tolist() == pytest.approx([math.exp(-0.05)] * 3)
+    assert consistency_bonus([new], 10.0).tolist() == [[1.0, 1.0, 1.0]]  # one ranking: nothing varies
+
+
+def test_consensus_by_hand():
+    # two heads, one user, top-2 each: head A ranks (4, 1), head B ranks (1, 2); T = 1, no bonus
+    rankings = torch.tensor([[[4, 1]], [[1, 2]]])
+    bonus = torch.zeros(2, 1, 2)
+    scores = consensus_scores(rankings, bonus, num_items=5, temperature=1.0, consistency_weight=1.0)
+    e = math.exp(-1.0)
+    assert scores[0].tolist() == pytest.approx([0.0, e + 1.0, e, 0.0, 1.0])
+    assert consensus_ranking(rankings, bonus, 5, 1.0, 1.0, top_n=3).tolist() == [[1, 4, 2]]
+    # the consistency bonus can reorder: item 2 stable in head B, item 4 not in head A
+    bonus = torch.tensor([[[0.0, 0.0]], [[0.0, 1.0]]])
+    assert consensus_ranking(rankings, bonus, 5, 1.0, 1.0, top_n=3).tolist() == [[1, 2, 4]]
+
+
+def test_gradnorm_gradient_reaches_the_weights_only():
+    weights = torch.tensor([1.0, 1.0], requires_grad=True)
+    norms, ratios = torch.tensor([1.0, 3.0], requires_grad=True), torch.tensor([1.0, 1.0])
+    loss = gradnorm_loss(weights, norms, ratios, tau=0.15)
+    # target = mean(w g) · 1 = 2: |1 − 2| + |3 − 2| = 2; d/dw = sign(w g − 2) · g = (−1, 3)
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert weights.grad.tolist() == pytest.approx([-1.0, 3.0])
+    assert norms.grad is None
+
+
+def test_weights_clipped_and_renormalised():
+    weights = torch.tensor([0.1, 1.0, 5.0])
+    renormalize_(weights, 0.5, 2.0)
+    assert weights.sum().item() == pytest.approx(3.0)
+    assert weights.tolist() == pytest.approx([3 * 0.5 / 3.5, 3 * 1.0 / 3.5, 3 * 2.0 / 3.5])
+
+
+def test_model_heads_and_unit_ball(split):
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, OBJECTIVES, dim=16, target="bpr")
+    model.eval()
+    users = torch.arange(5)
+    assert torch.allclose(model.score_all(users), model.head("bpr").score_all(users))
+    assert torch.allclose(model.head("cml").score_all(users)[:, :7],
+                          model.head_scores("cml", users, torch.arange(7).expand(5, -1)), atol=1e-6)
+    big = torch.randn(10, 4) * 10
+    assert (project_unit_ball(big).norm(dim=1) <= 1 + 1e-6).all()
+    single = MultiHeadCF(split.num_users, split.num_items, ("bpr",), dim=16)
+    assert model.target_parameters() == sum(p.numel() for p in single.parameters())
+    with pytest.raises(ValueError, match="target head"):
+        MultiHeadCF(10, 10, ("bpr",), dim=16, target="cml")
+    with pytest.raises(ValueError, match="heads"):
+        ConCFConfig(heads=("bpr", "nope"))
+
+
+def _batch(split, epoch=1):
+    users, items = split.train_tensors()
+    negatives = torch.randint(split.num_items, (32, 1), generator=torch.Generator().manual_seed(0))
+    return Batch(users[:32], items[:32], negatives, epoch)
+
+
+def test_gradient_reaches_every_head_and_the_consensus_terms(split):
+    config = ConCFConfig(warmup_epochs=0, update_every=1, top_n=20, num_interesting=10, track_heads=False)
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, config.heads, dim=16)
+    concf = ConCF(config, split)
+    concf.on_epoch_start(1, torch.Generator().manual_seed(0))
+    for _ in range(2):  # the second batch has the first one's gradient norms: the balance term appears
+        model.zero_grad()
+        terms = concf(model, _batch(split))
+        sum(terms.values()).backward()
+    assert set(terms) == {*config.heads, *(f"cl/{h}" for h in config.heads), "balance"}
+    assert concf.consensus.shape == (split.num_users, 20)
+    for head in config.heads:
+        grads = [p.grad for p in model.branches[head].parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), head
+    assert model.user_embedding.weight.grad.abs().sum() > 0
+    assert concf.weights.grad is not None and concf.weights.grad.abs().sum() > 0
+    assert (concf._grad_sq > 0).all()  # every head's gradient norm was captured
+
+
+def test_training_is_deterministic_and_logs(split):
+    def run():
+        config = ConCFConfig(heads=("bpr", "cml", "user_multinomial"), warmup_epochs=1, update_every=1, top_n=50,
+                             num_interesting=25)
+        torch.manual_seed(0)
+        model = MultiHeadCF(split.num_users, split.num_items, config.heads, dim=16)
+        concf = ConCF(config, split)
+        result = fit(model, split, TrainConfig(epochs=3, loss="none", lr=1e-2, weight_decay=1e-5, patience=0,
+                                               progress=False, device="cpu"), distill=concf, seed=1)
+        return result, concf
+
+    (first, concf), (second, _) = run(), run()
+    assert first.test == second.test
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    assert "loss/cl/bpr" in first.history[-1] and "loss/cl/bpr" not in first.history[0]
+    assert len(concf.log) == 3 and "consensus/Recall@50" in concf.log[0]
+    assert np.isfinite(first.test["Recall@50"])
+
+
+def test_consensus_scorer_masks_validation_items_at_test(split):
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, ("bpr", "mse"), dim=16).eval()
+    scorer = ConsensusScorer(model, split, "test", top_n=60)
+    users = torch.as_tensor(np.unique(split.valid_users)[:10])
+    scores = scorer.score_all(users)
+    valid = {(int(u), int(i)) for u, i in zip(split.valid_users, split.valid_items, strict=True)}
+    nonzero = torch.nonzero(scores > 0).tolist()
+    assert nonzero and not any((int(users[r]), c) in valid for r, c in nonzero)
+    assert set(evaluate(scorer, split, "test")) == {f"{m}@{k}" for m in ("Recall", "NDCG") for k in (10, 20, 50)}
