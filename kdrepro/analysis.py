@@ -1,4 +1,4 @@
-"""Analyses of chapters 02 (PHR) and 05 (IR-RRD) on top of :func:`kdrepro.experiments.run_kd` results.
+"""Analyses of chapters 02 (PHR) and 05 (IR-RRD) on top of :func:`kdrepro.runs.run_kd` results.
 
 - :func:`validation_scores`, :func:`select_on_validation`, :func:`selected_results`, :func:`grid_panels` —
   the PHR paper's comparison with a *grid-searched* DE: every DE configuration is trained, the one with the
@@ -31,7 +31,7 @@ from kdrepro.evaluate import evaluate
 from kdrepro.train import DEFAULT_MONITOR
 
 if TYPE_CHECKING:
-    from kdrepro.experiments import KDResults
+    from kdrepro.runs import KDResults
     from kdrepro.splits import Split
 
 # Columns of a history frame that describe an epoch, not the fit it belongs to.
@@ -278,7 +278,7 @@ def bridge_similarity(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Do entities the teacher sees alike get alike bridges θ_x from PHR's personalization network?
 
-    ``module``: a trained :class:`kdrepro.distill.PHR` (e.g. ``experiments.fit_kd_module(...).module``).
+    ``module``: a trained :class:`kdrepro.distill.PHR` (e.g. ``runs.fit_kd_module(...).module``).
     ``num_entities`` sampled users (or items), their bridges from the module's public ``bridges``, their
     teacher representations from its ``user_repr``/``item_repr``; ``num_pairs`` sampled pairs among
     them (:func:`bridge_pair_table`). ``groups``: optional label per entity id (DE's experts,

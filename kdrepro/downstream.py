@@ -227,7 +227,7 @@ def tag_retrieval(
 ) -> pd.DataFrame:
     """Probe the frozen item representations of every trained model of ``methods``.
 
-    ``models``: ``{(base, method, keys, seed): model}`` as :class:`kdrepro.experiments.KDResults.models`
+    ``models``: ``{(base, method, keys, seed): model}`` as :class:`kdrepro.runs.KDResults.models`
     (runs with extra keys — sizes, variants — are skipped). Returns long form ``dataset, base, method,
     probe, seed, probe_seed, metric, value`` (``metric`` = ``Recall@k``; ``seed`` the model's run seed).
     """

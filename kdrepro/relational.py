@@ -120,7 +120,7 @@ def relational_gap(
 ) -> pd.DataFrame:
     """The relational gap of every trained model of ``methods`` to the teacher of its base and seed.
 
-    ``models``: ``{(base, method, keys, seed): model}`` as :class:`kdrepro.experiments.KDResults.models`,
+    ``models``: ``{(base, method, keys, seed): model}`` as :class:`kdrepro.runs.KDResults.models`,
     holding each (base, seed)'s ``"Teacher"`` (runs with extra keys are skipped). The anchors and both
     candidate sets are drawn once per (base, seed, side) with a generator seeded by ``seed`` and shared by
     every method, so methods are compared on the same entities. Returns long form ``base, method, seed,

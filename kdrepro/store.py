@@ -121,6 +121,9 @@ class Entry:
 class Store:
     """Entries under ``root`` (default ``$KDREPRO_CACHE_DIR`` or ``~/.cache/kdrepro``)."""
 
+    # split content key → its entry (name, key), for the splits this process loaded or built
+    split_entries: dict[str, tuple[str, str]] = {}
+
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else cache_root()
 
@@ -190,7 +193,8 @@ class Store:
                      ) -> Entry:
         """Save ``arrays`` as artefact ``name`` of the job ``owner`` (any string naming it, e.g. its
         ``kind/folder``); verified like every entry."""
-        return self.write("artefacts", name, stable_hash(owner), {f"{name}.npz": arrays}, {"owner": owner, **(meta or {})})
+        files = {f"{name}.npz": arrays}
+        return self.write("artefacts", name, stable_hash(owner), files, {"owner": owner, **(meta or {})})
 
     def get_artefact(self, owner: str, name: str) -> dict[str, np.ndarray] | None:
         entry = self.open("artefacts", name, stable_hash(owner))
@@ -207,14 +211,23 @@ class Store:
         key = stable_hash(described)
         entry = self.open("splits", name, key)
         if entry is not None:
-            return load_split(entry.path / "split.npz", expected_sha256=data.sha256)
-        split = make_split(data, protocol, split_seed, num_negatives=num_negatives)
-        path = self.folder("splits", name, key)
-        path.mkdir(parents=True, exist_ok=True)
-        save_split(split, path / "split.npz")
-        write_json(path / MANIFEST, {"kind": "splits", "name": name, "key": key, "meta": described,
-                                     "files": {"split.npz": sha256_file(path / "split.npz")}})
+            split = load_split(entry.path / "split.npz", expected_sha256=data.sha256)
+        else:
+            split = make_split(data, protocol, split_seed, num_negatives=num_negatives)
+            self.write_split(name, key, split, described)
+        Store.split_entries[split.key] = (name, key)
         return split
+
+    def write_split(self, name: str, key: str, split: Split, meta: Mapping | None = None) -> Entry:
+        path = self.folder("splits", name, key)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        save_split(split, path / "split.npz")
+        manifest = {"kind": "splits", "name": name, "key": key, "meta": dict(meta or {}),
+                    "files": {"split.npz": sha256_file(path / "split.npz")}}
+        write_json(path / MANIFEST, manifest)
+        return Entry(path, manifest)
 
 
 def get_split(data: Interactions, protocol: str, split_seed: int = 0, *, num_negatives: int = 499,

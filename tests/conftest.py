@@ -19,8 +19,9 @@ def real_data_dir() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test writes its caches (splits, teachers) into a temporary folder."""
+    """Every test writes its caches (store) and its results ledger into temporary folders."""
     monkeypatch.setenv("KDREPRO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("KDREPRO_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
     torch.set_num_threads(2)
 
 

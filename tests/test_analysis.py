@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdrepro import analysis, data, experiments, splits
+from kdrepro import analysis, data, experiments, runs, splits
 from kdrepro.train import TrainConfig
 
 
@@ -145,18 +145,18 @@ def tiny_setting(tmp_path_factory):
     split = splits.make_split(dataset, "loo_sampled", 0, num_negatives=50)
     config = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
     cache = tmp_path_factory.mktemp("kdcache") / "teachers"
-    return experiments.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
+    return runs.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
                                  {"phr": {}, "ir": {"top_n": 30, "num_interesting": 5, "num_uninteresting": 5}},
                                  top_n=30, top_n_users=30, cache_dir=cache)
 
 
 def test_fit_kd_module_is_run_kds_student_and_its_bridges_are_analysable(tiny_setting):
-    table = experiments.run_kd(tiny_setting, experiments.method_runs(["PHR"]))
-    fitted = experiments.fit_kd_module(tiny_setting, experiments.KDRun("PHR"), "bpr", 0)
+    table = runs.run_kd(tiny_setting, runs.method_runs(["PHR"]))
+    fitted = runs.fit_kd_module(tiny_setting, runs.KDRun("PHR"), "bpr", 0)
     assert not fitted.cached
     ours = table.results.set_index("metric")["value"].to_dict()
     assert fitted.metrics["test"] == pytest.approx(ours, abs=0)  # bit-identical on CPU
-    again = experiments.fit_kd_module(tiny_setting, experiments.KDRun("PHR"), "bpr", 0)
+    again = runs.fit_kd_module(tiny_setting, runs.KDRun("PHR"), "bpr", 0)
     assert again.cached
     for name, value in fitted.module.state_dict().items():
         assert torch.equal(value.cpu(), again.module.state_dict()[name].cpu())
@@ -172,13 +172,13 @@ def test_fit_kd_module_is_run_kds_student_and_its_bridges_are_analysable(tiny_se
 
 
 def test_tied_sweep_and_per_user_breakdown(tiny_setting):
-    runs = experiments.tied_sweep_runs("IR", ["ir.num_interesting", "ir.num_uninteresting"], [3, 5], "ir_users")
-    assert [r.overrides["ir"] for r in runs] == [{"num_interesting": 3, "num_uninteresting": 3},
+    planned = runs.tied_sweep_runs("IR", ["ir.num_interesting", "ir.num_uninteresting"], [3, 5], "ir_users")
+    assert [r.overrides["ir"] for r in planned] == [{"num_interesting": 3, "num_uninteresting": 3},
                                                 {"num_interesting": 5, "num_uninteresting": 5}]
-    assert [dict(r.keys) for r in runs] == [{"ir_users": 3}, {"ir_users": 5}]
+    assert [dict(r.keys) for r in planned] == [{"ir_users": 3}, {"ir_users": 5}]
     with pytest.raises(ValueError, match="method.field"):
-        experiments.tied_sweep_runs("IR", ["num_interesting"], [3], "k")
-    kd = experiments.run_kd(tiny_setting, experiments.method_runs(["Student", "IR"]))
+        runs.tied_sweep_runs("IR", ["num_interesting"], [3], "k")
+    kd = runs.run_kd(tiny_setting, runs.method_runs(["Student", "IR"]))
     per_user = analysis.per_user_metrics(kd, tiny_setting.split, ["Student", "IR"])
     split = tiny_setting.split
     assert len(per_user) == 2 * len(split.test_users)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdrepro import data, experiments, splits
+from kdrepro import data, experiments, runs, splits
 from kdrepro.train import TrainConfig
 
 
@@ -18,27 +18,27 @@ def test_parse_ordering_expands_groups_into_pairwise_claims():
 
 
 def test_sweep_runs_cover_the_product_and_name_their_keys():
-    runs = experiments.sweep_runs("DE-RRD", {"de.lambda_de": [0.1, 0.01], "rrd.lambda_rrd": [1e-3]})
-    assert [r.keys for r in runs] == [{"lambda_de": 0.1, "lambda_rrd": 1e-3}, {"lambda_de": 0.01, "lambda_rrd": 1e-3}]
-    assert runs[0].overrides == {"de": {"lambda_de": 0.1}, "rrd": {"lambda_rrd": 1e-3}}
+    planned = runs.sweep_runs("DE-RRD", {"de.lambda_de": [0.1, 0.01], "rrd.lambda_rrd": [1e-3]})
+    assert [r.keys for r in planned] == [{"lambda_de": 0.1, "lambda_rrd": 1e-3}, {"lambda_de": 0.01, "lambda_rrd": 1e-3}]
+    assert planned[0].overrides == {"de": {"lambda_de": 0.1}, "rrd": {"lambda_rrd": 1e-3}}
     with pytest.raises(ValueError, match="method.field"):
-        experiments.sweep_runs("DE", {"lambda_de": [0.1]})
+        runs.sweep_runs("DE", {"lambda_de": [0.1]})
 
 
 def test_design_runs_use_the_papers_labels():
-    runs = experiments.design_runs("HTD", ["HTD", "K-means assignment"])
-    assert [r.overrides for r in runs] == [{"htd": {}}, {"htd": {"assignment": "kmeans"}}]
-    large = experiments.design_runs("DE", ["(b) One expert (large)"])[0]
+    planned = runs.design_runs("HTD", ["HTD", "K-means assignment"])
+    assert [r.overrides for r in planned] == [{"htd": {}}, {"htd": {"assignment": "kmeans"}}]
+    large = runs.design_runs("DE", ["(b) One expert (large)"])[0]
     assert large.match_experts and large.overrides == {"de": {"num_experts": 1}}
     with pytest.raises(ValueError, match="unknown RRD variants"):
-        experiments.design_runs("RRD", ["(z) nothing"])
+        runs.design_runs("RRD", ["(z) nothing"])
     with pytest.raises(ValueError, match="unknown method"):
-        experiments.KDRun("NoSuchMethod")
+        runs.KDRun("NoSuchMethod")
 
 
 def test_size_runs_set_phi_and_label_it():
-    runs = experiments.size_runs(["Student", "DE"], [0.5, 1.0])
-    assert [(r.method, r.phi, r.keys) for r in runs] == [
+    planned = runs.size_runs(["Student", "DE"], [0.5, 1.0])
+    assert [(r.method, r.phi, r.keys) for r in planned] == [
         ("Student", 0.5, {"phi": 0.5}), ("DE", 0.5, {"phi": 0.5}), ("Student", 1.0, {"phi": 1.0}),
         ("DE", 1.0, {"phi": 1.0})]
 
@@ -47,16 +47,16 @@ def test_distilled_students_are_trained_once_and_keyed_by_their_config(tmp_path)
     dataset = data.synthetic(num_users=100, num_items=150, seed=2)
     split = splits.make_split(dataset, "loo_sampled", 0, num_negatives=40)
     config = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
-    setting = experiments.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
+    setting = runs.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
                                     {"rrd": {"top_n": 20, "num_interesting": 4, "num_uninteresting": 4}},
                                     top_n=20, top_n_users=20, cache_dir=tmp_path / "teachers")
-    first = experiments.run_kd(setting, experiments.method_runs(["RRD"]))
-    again = experiments.run_kd(setting, experiments.method_runs(["RRD"]))
+    first = runs.run_kd(setting, runs.method_runs(["RRD"]))
+    again = runs.run_kd(setting, runs.method_runs(["RRD"]))
     assert not first.fits["from_cache"].iloc[0] and again.fits["from_cache"].iloc[0]
     assert first.results["value"].tolist() == again.results["value"].tolist()
-    other = experiments.run_kd(setting, experiments.sweep_runs("RRD", {"rrd.lambda_rrd": [0.5]}))
+    other = runs.run_kd(setting, runs.sweep_runs("RRD", {"rrd.lambda_rrd": [0.5]}))
     assert not other.fits["from_cache"].iloc[0]  # another config is another student
-    assert len(list((tmp_path / "students").iterdir())) == 2
+    assert len(list((tmp_path / "teachers" / "students").iterdir())) == 2
 
 
 def test_teachers_follow_their_own_schedule_and_students_the_setting_s(tmp_path):
@@ -65,7 +65,7 @@ def test_teachers_follow_their_own_schedule_and_students_the_setting_s(tmp_path)
     split = splits.make_split(dataset, "loo_full", 0)
     students = TrainConfig(epochs=3, eval_every=1, patience=0, progress=False, device="cpu")
     teacher = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
-    setting = experiments.KDSetting(split, ["bpr"], [0], students, {"bpr": 16}, {"bpr": 4},
+    setting = runs.KDSetting(split, ["bpr"], [0], students, {"bpr": 16}, {"bpr": 4},
                                     cache_dir=tmp_path / "teachers", teacher_train_config=teacher)
-    runs = experiments.run_kd(setting, experiments.method_runs(["Teacher", "Student", "FTD"]))
-    assert runs.fits.set_index("method")["epochs_run"].to_dict() == {"Teacher": 2, "Student": 3, "FTD": 3}
+    planned = runs.run_kd(setting, runs.method_runs(["Teacher", "Student", "FTD"]))
+    assert planned.fits.set_index("method")["epochs_run"].to_dict() == {"Teacher": 2, "Student": 3, "FTD": 3}

@@ -1,0 +1,590 @@
+"""Fits as jobs: one key per fit, executors (serial, local worker processes, Ray), the results ledger,
+and the campaign commands (plan, fill).
+
+- A :class:`FitJob` describes one fit completely (split entry, model/training/method configs, seed,
+  teacher) and is keyed by the hash of what decides it, code digest included (:mod:`kdrepro.store`).
+  It is plain data: it goes to a worker process or a Ray task as it is, or to a plan file as JSON.
+- :func:`execute` runs one job wherever it is sent (it sets the worker's torch threads first) and
+  returns a :class:`FitOutcome` (weights, metrics, history) to the driver; workers never write.
+- :func:`run_jobs` (the driver) looks every job up in the ledger and the store, sends the missing ones
+  to the executor, and writes each result to the store and the ledger as it arrives (teachers first:
+  a distilled job waits for its teacher's outputs). A killed run loses only the fits in flight.
+- The ledger (``results/<dataset>/<kind>/<name>-<key>.json``, committed) holds one small JSON per
+  completed fit: key, configs, code digest, metrics, best epoch, epochs run, seconds, threads, device,
+  versions, git SHA and the history at validation epochs. An entry whose code digest no longer matches
+  the code has another key: it is never used, and :func:`plan` lists it as stale.
+
+Executor settings come from arguments or, read once, ``KDREPRO_EXECUTOR`` (serial|local|ray),
+``KDREPRO_WORKERS``, ``KDREPRO_THREADS``, ``KDREPRO_RAY_ADDRESS``, ``KDREPRO_GPUS_PER_FIT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import torch
+
+try:  # the Ray executor's machinery (the `cluster` and `dev` extras install it)
+    import ray
+except ImportError:  # pragma: no cover - the serial and local executors work without it
+    ray = None
+
+from kdrepro import teachers
+from kdrepro._io import stable_hash, write_json
+from kdrepro.distill import build as build_method
+from kdrepro.distill import make_config
+from kdrepro.efficiency import count_parameters
+from kdrepro.models import ModelConfig
+from kdrepro.models import build as build_model
+from kdrepro.splits import Split, load_split
+from kdrepro.store import Store, code_digest
+from kdrepro.train import FitResult, TrainConfig, fit, resolve_device
+from kdrepro.types import TeacherOutputs
+
+EXECUTORS = ("serial", "local", "ray")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Fallback cost of one training epoch in seconds on one CPU thread (CiteULike, measured with
+# `python -m kdrepro.benchmark`), used by `plan` until the ledger has timings of its own.
+EPOCH_SECONDS = {"models": 0.6, "de": 12.0, "htd": 13.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
+                 "phr": 1.0, "fitnet": 0.6, "ftd": 0.6}
+VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "kdrepro")
+
+
+# --------------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Where fits run: ``kind`` (serial | local | ray), ``workers`` (local; 0 = cores // threads),
+    ``threads`` per fit, ``ray_address`` (None: a local Ray), ``gpus_per_fit`` (Ray)."""
+
+    kind: str = "serial"
+    workers: int = 0
+    threads: int = 1
+    ray_address: str | None = None
+    gpus_per_fit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise ValueError(f"executor {self.kind!r}; choose one of {EXECUTORS}")
+        if self.threads < 1 or self.workers < 0:
+            raise ValueError(f"threads must be >= 1 and workers >= 0, got threads={self.threads}, "
+                             f"workers={self.workers}")
+        cores = os.cpu_count() or 1
+        if self.kind == "local" and self.workers * self.threads > cores:
+            raise ValueError(f"{self.workers} workers x {self.threads} threads exceed the {cores} cores; "
+                             f"lower KDREPRO_WORKERS or KDREPRO_THREADS")
+
+    @property
+    def pool_size(self) -> int:
+        return self.workers or max(1, (os.cpu_count() or 1) // self.threads)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ExecutorSettings:
+        env = os.environ
+        values = {"kind": env.get("KDREPRO_EXECUTOR", "serial"), "workers": int(env.get("KDREPRO_WORKERS", 0)),
+                  "threads": int(env.get("KDREPRO_THREADS", 1)), "ray_address": env.get("KDREPRO_RAY_ADDRESS") or None,
+                  "gpus_per_fit": float(env.get("KDREPRO_GPUS_PER_FIT", 0))}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_settings: list[ExecutorSettings] = []
+
+
+def configure(**settings: Any) -> ExecutorSettings:
+    """Set the executor of this process (arguments override ``KDREPRO_*`` environment variables)."""
+    _settings[:] = [ExecutorSettings.from_env(**settings)]
+    return _settings[0]
+
+
+def current_settings() -> ExecutorSettings:
+    return _settings[0] if _settings else configure()
+
+
+def _in_worker(fn: Callable, threads: int, *item: Any) -> Any:
+    torch.set_num_threads(threads)  # every worker sets its own threads: never more than it was given
+    return fn(item)
+
+
+class Executor:
+    """Runs ``fn`` over items (tuples of arguments) and yields results as they complete (any order)."""
+
+    def __init__(self, settings: ExecutorSettings) -> None:
+        self.settings = settings
+
+    def map(self, fn: Callable, items: Sequence) -> Iterator:
+        threads = self.settings.threads
+        if self.settings.kind == "serial" or len(items) <= 1 and self.settings.kind == "local":
+            for item in items:
+                yield _in_worker(fn, threads, *item)
+        elif self.settings.kind == "local":
+            with joblib.parallel_config(backend="loky", inner_max_num_threads=threads):
+                parallel = joblib.Parallel(n_jobs=min(self.settings.pool_size, len(items)),
+                                           return_as="generator_unordered")
+                yield from parallel(joblib.delayed(_in_worker)(fn, threads, *item) for item in items)
+        else:
+            yield from self._ray_map(fn, items)
+
+    def _ray_map(self, fn: Callable, items: Sequence) -> Iterator:
+        if ray is None:
+            raise RuntimeError("the ray executor needs Ray: pip install 'kdrepro[cluster]'")
+        if not ray.is_initialized():
+            ray.init(address=self.settings.ray_address, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
+        task = ray.remote(num_cpus=self.settings.threads, num_gpus=self.settings.gpus_per_fit)(_in_worker)
+        shared: dict[int, Any] = {}  # large inputs (a split, teacher outputs) go to the object store once
+
+        def put(value: Any) -> Any:
+            if isinstance(value, Split | TeacherOutputs):
+                if id(value) not in shared:
+                    shared[id(value)] = ray.put(value)
+                return shared[id(value)]
+            return value
+
+        # Top-level arguments: Ray resolves object references only there.
+        pending = [task.remote(fn, self.settings.threads, *(put(v) for v in item)) for item in items]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------------
+
+MODEL_KIND, STUDENT_KIND, MODULE_KIND = teachers.MODEL_KIND, "students", "kd_modules"
+
+
+def method_code_digest(spec: str | None, model_name: str) -> str:
+    """The code behind a fit: the training loop, the model's file, and for a distilled student
+    ``distill/base.py``, the teacher outputs code and each method's file with the method files it imports."""
+    if spec is None:
+        return teachers.model_code_digest(model_name)
+    files: set[str] = {"distill/base.py", "teachers.py"}
+    for name in spec.split("+"):
+        module = sys.modules[type(make_config(name)).__module__]
+        files.add(Path(module.__file__).resolve().relative_to(Path(__file__).resolve().parent).as_posix())
+        for value in vars(module).values():
+            owner = getattr(value, "__module__", "") or ""
+            if owner.startswith("kdrepro.distill.") and owner != module.__name__:
+                files.add(f"distill/{owner.rsplit('.', 1)[1]}.py")
+    return stable_hash([teachers.model_code_digest(model_name), code_digest(*sorted(files))])
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit, as plain data. ``kind``: ``models`` (no distillation: teachers, students alone),
+    ``students`` (distilled) or ``kd_modules`` (distilled, keeping the trained method module)."""
+
+    kind: str
+    split: tuple[str, str]  # the split's store entry (name, key)
+    dataset: str
+    model: dict
+    train: dict
+    seed: int
+    spec: str | None = None
+    configs: Mapping[str, dict] = field(default_factory=dict)
+    student_repr: int = 0
+    teacher: FitJob | None = None  # the teacher whose outputs a distilled job learns from
+    top_n: tuple[int, int] = (500, 500)
+    record_selection: bool = False
+    labels: Mapping[str, Any] = field(default_factory=dict)  # chapter, base, method, run keys (for people)
+
+    @property
+    def described(self) -> dict:
+        """What decides the fit (hashed into its key, recorded in its ledger entry)."""
+        train = teachers.relevant_train(TrainConfig(**self.train))
+        out = {"split": self.split[1], "model": self.model, "train": train, "seed": self.seed,
+               "code": method_code_digest(self.spec, self.model["name"])}
+        if self.spec is not None:
+            out.update(spec=self.spec, configs=dict(self.configs), teacher=self.teacher.key,
+                       top_n=list(self.top_n), selection=self.record_selection)
+        return out
+
+    @property
+    def key(self) -> str:
+        return stable_hash(self.described)
+
+    @property
+    def config_key(self) -> str:
+        """The key without the code digest: an entry with this but another key is stale."""
+        return stable_hash({k: v for k, v in self.described.items() if k != "code"})
+
+    @property
+    def name(self) -> str:
+        model = f"{self.dataset}-{self.model['name']}-d{self.model['dim']}"
+        return model if self.spec is None else f"{model}-{self.spec.replace('+', '_')}"
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**self.model)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train)
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{v}" if k in ("base", "method") else f"{k}={v}" for k, v in self.labels.items()
+                        if k not in ("dataset", "protocol", "chapter"))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["teacher"] = self.teacher.to_dict() if self.teacher is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FitJob:
+        values = dict(data)
+        values["teacher"] = cls.from_dict(values["teacher"]) if values.get("teacher") else None
+        values["split"], values["top_n"] = tuple(values["split"]), tuple(values["top_n"])
+        return cls(**values)
+
+
+def model_job(split_entry: tuple[str, str], split: Split, model_config: ModelConfig, train_config: TrainConfig,
+              seed: int, labels: Mapping | None = None) -> FitJob:
+    return FitJob(MODEL_KIND, split_entry, split.dataset, model_config.to_dict(), train_config.to_dict(), seed,
+                  labels=dict(labels or {}))
+
+
+@dataclass
+class FitOutcome:
+    """What a worker hands back: everything the driver stores and records."""
+
+    key: str
+    state: dict[str, torch.Tensor]
+    result: dict  # test, valid, best_epoch, seconds, epochs_run, epoch_s, parameters, kd_parameters
+    history: list[dict]
+    config: dict
+    module_state: dict[str, torch.Tensor] | None = None
+    selection: dict[str, np.ndarray] | None = None
+    threads: int = 1
+    device: str = "cpu"
+
+
+def _fit_summary(result: FitResult, kd_parameters: int) -> dict:
+    train_seconds = [h["train_s"] for h in result.history if "train_s" in h]
+    return {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch, "seconds": result.seconds,
+            "epochs_run": len(result.history), "epoch_s": float(np.mean(train_seconds)) if train_seconds else None,
+            "parameters": count_parameters(result.model), "kd_parameters": kd_parameters}
+
+
+def execute(item: tuple[FitJob, Split, TeacherOutputs | None]) -> FitOutcome:
+    """Run one fit (in a worker or in the driver); it writes nothing."""
+    job, split, outputs = item
+    selection_log, module = None, None
+    if job.spec is not None:
+        configs = {name: make_config(name, values) for name, values in job.configs.items()}
+        module = build_method(job.spec, outputs, split, job.student_repr, seed=job.seed, **configs)
+        if job.record_selection:
+            selection_log = SelectionLog(module)
+    kd_parameters = count_parameters(module) if module is not None else 0
+    result = fit(job.model_config, split, job.train_config, distill=selection_log or module, seed=job.seed)
+    selection = None
+    if selection_log is not None:
+        epochs, experts = selection_log.finish(len(result.history))
+        selection = {"epochs": epochs, "experts": experts}
+    keep_module = module is not None and job.kind == MODULE_KIND
+    return FitOutcome(
+        key=job.key, state={k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        result=_fit_summary(result, kd_parameters), history=result.history, config=result.config,
+        module_state={k: v.detach().cpu() for k, v in module.state_dict().items()} if keep_module else None,
+        selection=selection, threads=torch.get_num_threads(),
+        device=str(resolve_device(job.train_config.device)))
+
+
+# --------------------------------------------------------------------------------------------------
+# DE's expert selection over training (recorded by the job that fits it)
+# --------------------------------------------------------------------------------------------------
+
+
+def recorded_epoch(epoch: int) -> bool:
+    """The epochs after which a selection map is kept: every one up to 20, every 5th to 100, then every 10th."""
+    return epoch <= 20 or (epoch <= 100 and epoch % 5 == 0) or epoch % 10 == 0
+
+
+class SelectionLog(torch.nn.Module):
+    """Wraps a distillation module that contains DE and records which expert each user selects.
+
+    At the start of epoch ``e`` (so after ``e - 1`` epochs of training) it stores
+    ``DE.selection_map("user")`` when ``e - 1`` is a recorded epoch; ``finish`` adds the state after the
+    last epoch and returns ``(epochs (R,), experts (R, num_users))``.
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        found = [m for m in inner.modules() if hasattr(m, "selection_map")]
+        if not found:
+            raise ValueError("SelectionLog needs a distillation module that contains DE")
+        self._de = found  # a list, so that DE is not registered twice
+        self.epochs: list[int] = []
+        self.maps: list[np.ndarray] = []
+
+    def forward(self, student, batch):
+        return self.inner(student, batch)
+
+    def record(self, epoch: int) -> None:
+        if not self.epochs or self.epochs[-1] != epoch:
+            self.epochs.append(epoch)
+            self.maps.append(self._de[0].selection_map("user").numpy().astype(np.int16))
+
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        if recorded_epoch(epoch - 1):
+            self.record(epoch - 1)
+        self.inner.on_epoch_start(epoch, generator)
+
+    def finish(self, epochs_run: int) -> tuple[np.ndarray, np.ndarray]:
+        self.record(epochs_run)
+        return np.asarray(self.epochs), np.stack(self.maps)
+
+
+# --------------------------------------------------------------------------------------------------
+# The results ledger
+# --------------------------------------------------------------------------------------------------
+
+
+def default_ledger_root() -> Path:
+    """``$KDREPRO_RESULTS_DIR``, else ``results/`` at the repository root (the committed ledger)."""
+    root = os.environ.get("KDREPRO_RESULTS_DIR")
+    return Path(root) if root else REPO_ROOT / "results"
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _round(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def compact_history(history: Sequence[Mapping]) -> list[dict]:
+    """The history at validation epochs (and the last epoch), numbers to 6 significant digits."""
+    kept = [h for i, h in enumerate(history) if any(k.startswith("valid/") for k in h) or i == len(history) - 1]
+    return [{k: _round(v) for k, v in h.items()} for h in kept]
+
+
+class Ledger:
+    """One JSON per completed fit under ``root/<dataset>/<kind>/<name>-<key>.json`` (written atomically
+    by the driver only)."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else default_ledger_root()
+        self._git = _git_sha()
+        self._versions = _versions()
+
+    def path(self, job: FitJob) -> Path:
+        return self.root / job.dataset / job.kind / f"{job.name}-{job.key}.json"
+
+    def get(self, job: FitJob) -> dict | None:
+        path = self.path(job)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return entry if entry.get("key") == job.key else None
+
+    def entries(self) -> Iterator[dict]:
+        for path in sorted(self.root.glob("*/*/*.json")):
+            try:
+                yield {**json.loads(path.read_text()), "path": str(path)}
+            except ValueError:
+                continue
+
+    def record(self, job: FitJob, outcome_result: Mapping, history: Sequence[Mapping], threads: int, device: str
+               ) -> dict:
+        entry = {
+            "key": job.key, "config_key": job.config_key, "kind": job.kind, "name": job.name,
+            "labels": dict(job.labels), "described": job.described, "job": job.to_dict(),
+            "test": outcome_result["test"], "valid": outcome_result["valid"],
+            **{k: outcome_result.get(k) for k in ("best_epoch", "epochs_run", "seconds", "epoch_s", "parameters",
+                                                   "kd_parameters")},
+            "threads": threads, "device": device, "versions": self._versions, "git_sha": self._git,
+            "history": compact_history(history),
+        }
+        write_json(self.path(job), entry)
+        return entry
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+
+
+def split_entry(store: Store, split: Split) -> tuple[str, str]:
+    """The store entry (name, key) holding ``split`` (saved there when it is not yet)."""
+    known = store.split_entries.get(split.key)
+    if known is not None and store.open("splits", *known) is not None:
+        return known
+    name, key = f"{split.dataset}-{split.protocol}-seed{split.split_seed}", split.key
+    if store.open("splits", name, key) is None:
+        store.write_split(name, key, split)
+    return name, key
+
+
+def load_job_split(store: Store, job: FitJob) -> Split:
+    entry = store.open("splits", *job.split)
+    if entry is None:
+        raise FileNotFoundError(f"split entry {job.split} is not in the store at {store.root}; run the chapter's "
+                                f"notebook (or `run_all.py --plan`) once to create it")
+    return load_split(entry.path / "split.npz")
+
+
+@dataclass
+class Done:
+    """A completed job: its ledger entry, and whether it was computed by this call."""
+
+    job: FitJob
+    entry: dict
+    trained: bool
+
+
+def _store_files(outcome: FitOutcome, job: FitJob) -> dict[str, Any]:
+    files: dict[str, Any] = {"config.json": {"model": job.model, **outcome.config, "key": job.key,
+                                             "described": job.described},
+                             "history.json": outcome.history,
+                             "metrics.json": {k: outcome.result[k] for k in ("test", "valid", "best_epoch", "seconds")}
+                             | {"kd_parameters": outcome.result["kd_parameters"]},
+                             "model.pt": outcome.state}
+    if outcome.selection is not None:
+        files["selection.npz"] = outcome.selection
+    if outcome.module_state is not None:
+        files["module.pt"] = outcome.module_state
+    return files
+
+
+def _from_store(store: Store, ledger: Ledger, job: FitJob) -> dict | None:
+    """A fit in the store but not in the ledger (trained before the ledger existed): recorded now."""
+    entry = store.open(job.kind, job.name, job.key)
+    if entry is None:
+        return None
+    metrics, history = entry.json("metrics.json"), entry.json("history.json")
+    train_seconds = [h["train_s"] for h in history if "train_s" in h]
+    state = entry.state("model.pt")
+    result = {**metrics, "epochs_run": len(history),
+              "epoch_s": float(np.mean(train_seconds)) if train_seconds else None,
+              "parameters": int(sum(v.numel() for v in state.values()))}
+    return ledger.record(job, result, history, threads=0, device="unknown")
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if not done:
+        return "ETA unknown"
+    left = (time.time() - started) / done * (total - done)
+    return f"ETA {left / 60:.1f} min" if left >= 60 else f"ETA {left:.0f} s"
+
+
+def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledger | None = None,
+             settings: ExecutorSettings | None = None, need_weights: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, Done]:
+    """Complete every job: from the ledger when recorded there (and, with ``need_weights``, in the store),
+    else through the executor; teachers of missing distilled jobs first. Returns ``{key: Done}``."""
+    store = store or Store()
+    ledger = ledger or Ledger()
+    settings = settings or current_settings()
+    unique = list({job.key: job for job in jobs}.values())
+    done: dict[str, Done] = {}
+    missing: list[FitJob] = []
+    for job in unique:
+        entry = ledger.get(job)
+        if entry is not None and (not need_weights or store.open(job.kind, job.name, job.key) is not None):
+            done[job.key] = Done(job, entry, False)
+            continue
+        entry = _from_store(store, ledger, job)
+        if entry is not None:
+            done[job.key] = Done(job, entry, False)
+        else:
+            missing.append(job)
+    if not missing:
+        return done
+    teachers_needed = {j.teacher.key: j.teacher for j in missing if j.teacher is not None}
+    teacher_jobs = [t for k, t in teachers_needed.items()
+                    if store.open(t.kind, t.name, t.key) is None and k not in {j.key for j in missing}]
+    first = [j for j in missing if j.spec is None] + teacher_jobs
+    second = [j for j in missing if j.spec is not None]
+    total, count, started = len(first) + len(second), 0, time.time()
+    executor = Executor(settings)
+    splits: dict[tuple[str, str], Split] = {}
+    for phase in (first, second):
+        if not phase:
+            continue
+        items = []
+        for job in phase:
+            if job.split not in splits:
+                splits[job.split] = load_job_split(store, job)
+            outputs = teacher_outputs(store, job, splits[job.split]) if job.teacher is not None else None
+            items.append((job, splits[job.split], outputs))
+        by_key = {job.key: job for job in phase}
+        for outcome in executor.map(execute, items):
+            job = by_key[outcome.key]
+            store.write(job.kind, job.name, job.key, _store_files(outcome, job), job.described)
+            entry = ledger.record(job, outcome.result, outcome.history, outcome.threads, outcome.device)
+            done[job.key] = Done(job, entry, True)
+            count += 1
+            log(f"[fit {count}/{total}] {job.label or job.name} seed {job.seed}: trained in "
+                f"{outcome.result['seconds']:.1f} s, best epoch {outcome.result['best_epoch']}; "
+                f"{_eta(started, count, total)}")
+    return done
+
+
+def load_model(store: Store, job: FitJob, settings: ExecutorSettings | None = None) -> torch.nn.Module:
+    """The trained model of ``job`` (from the store; fitted now when the store lacks it)."""
+    entry = store.open(job.kind, job.name, job.key)
+    if entry is None:
+        run_jobs([job], store=store, settings=settings, need_weights=True)
+        entry = store.open(job.kind, job.name, job.key)
+    split = load_job_split(store, job)
+    torch.manual_seed(job.seed)
+    model = build_model(job.model_config, split)
+    model.load_state_dict(entry.state("model.pt"))
+    return model.to(resolve_device(job.train_config.device))
+
+
+def load_entry(store: Store, job: FitJob, settings: ExecutorSettings | None = None):
+    """The verified store entry of ``job`` (fitted now when the store lacks it)."""
+    entry = store.open(job.kind, job.name, job.key)
+    if entry is None:
+        run_jobs([job], store=store, settings=settings, need_weights=True)
+        entry = store.open(job.kind, job.name, job.key)
+    return entry
+
+
+def teacher_outputs(store: Store, job: FitJob, split: Split) -> TeacherOutputs:
+    """The stored outputs of ``job``'s teacher (the teacher's fit and its outputs computed when missing)."""
+    teacher = job.teacher
+    model = load_model(store, teacher)
+    path = store.folder(teacher.kind, teacher.name, teacher.key)
+    fitted = teachers.Teacher(model, teacher.model_config, split, {}, [], path, teacher.key, True, store)
+    return fitted.outputs(*job.top_n)
