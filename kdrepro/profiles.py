@@ -258,6 +258,20 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "IR_USERS": [10, 20],
         },
     },
+    "07_heterogeneous_teachers": {
+        "smoke": {
+            "TEACHER_DIMS": {"bpr": 16, "cml": 16, "neumf": 16, "lightgcn": 16, "vae": 16, "item_ae": 16},
+            "TEACHER_EPOCHS": 6,
+            "TEACHER_EVAL_EVERY": 1,
+            "TEACHER_PATIENCE": 0,
+            "TEACHER_LR": 0.01,
+            "ROW_BATCH_SIZE": 64,
+            "EPOCHS": 4,
+            "LR": 0.01,
+            "DKC_PERIOD": 1,
+            "NUM_REST": 20,
+        },
+    },
 }
 
 

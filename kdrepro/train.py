@@ -194,13 +194,13 @@ def fit(
     config: TrainConfig = TrainConfig(),
     distill: nn.Module | None = None,
     seed: int = 0,
-    on_evaluate: Callable[[int, Recommender], None] | None = None,
+    on_evaluate: Callable[[int, Recommender, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``split`` and return it in its best validation state with its test metrics.
 
     ``model`` may be a :class:`ModelConfig`: it is then built after seeding, so that the same ``seed``
     gives the same initialisation. All sampling draws from a ``torch.Generator`` seeded with ``seed``.
-    ``on_evaluate(epoch, model)`` is called after every validation (to record a training trajectory).
+    ``on_evaluate(epoch, model, valid_metrics)`` is called after every validation (to record a trajectory).
     """
     started = time.perf_counter()
     retain_freed_memory()
@@ -266,7 +266,7 @@ def fit(
                 raise ValueError(f"monitor={monitor!r} is not a {split.protocol} metric; choose one of {sorted(valid)}")
             record.update({f"valid/{k}": v for k, v in valid.items()})
             if on_evaluate is not None:
-                on_evaluate(epoch, model)
+                on_evaluate(epoch, model, valid)
             if valid[monitor] > best_value:
                 best_value, best_epoch, best_valid, stale = valid[monitor], epoch, valid, 0
                 best_state = copy.deepcopy(model.state_dict())

@@ -1,0 +1,424 @@
+"""Chapter 07 (HetComp): teachers of six kinds and their training trajectories, the ensemble, the distilled
+students, and the chapter's tables and figures.
+
+- :func:`get_trajectories` — each teacher kind trained once on the holdout split, with its trajectory: the
+  top-N ranking (int32) at V checkpoints chosen by :func:`checkpoint_epochs` (the first validated epochs at
+  which validation Recall@50 reaches fixed fractions of its best, then the best epoch), and the converged
+  teacher's top users per item. Stored through :class:`kdrepro.store.Store` (one function,
+  :func:`_stored_trajectory`); the dense scores are never kept.
+- :func:`ranking_metrics` — holdout metrics of a precomputed ranking (the ensemble has no model to score).
+- :func:`run_students` — the students (no KD, RRD and DCD on the ensemble, HetComp and its ablations)
+  over seeds, each fit stored once; long-form results, histories and HetComp's DKC dynamics.
+- :func:`teacher_table`, :func:`efficiency_table`, :func:`gap_table`, :func:`dynamics_plot` — the tables and
+  figures of the chapter (plots take ``ax=None`` and return the figure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from kdrepro import distill, teachers
+from kdrepro._io import stable_hash
+from kdrepro.distill.hetcomp import TeacherTrajectories, ensemble_outputs, ensemble_topk
+from kdrepro.efficiency import count_parameters, time_recommend_all
+from kdrepro.evaluate import gather_rows, rank_full
+from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
+from kdrepro.models import MODELS, ModelConfig, Recommender, build
+from kdrepro.report import history_frame, long_results
+from kdrepro.sampling import PairSet
+from kdrepro.splits import Split
+from kdrepro.store import TRAINING_CODE, Store, code_digest
+from kdrepro.train import TrainConfig, fit
+
+# The base objective each teacher kind trains with, and how the chapter names it.
+TEACHER_OBJECTIVES = {"bpr": "bpr", "cml": "cml", "neumf": "bce", "lightgcn": "bpr", "vae": "multinomial",
+                      "item_ae": "multinomial"}
+TEACHER_LABELS = {"bpr": "MF (BPR)", "cml": "CML", "neumf": "NeuMF", "lightgcn": "LightGCN", "vae": "Mult-VAE",
+                  "item_ae": "Item-AE"}
+TRAJECTORY_KIND = "trajectories"
+STUDENT_KIND = "hetcomp-students"
+MONITOR = "valid/Recall@50"
+
+# label → (registry spec, config overrides of that method, the student's base objective). HetComp trains on
+# its KD loss only (authors' code); the baselines keep BPR beside their KD term, as in their papers.
+STUDENT_VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "Student": ("", {}, "bpr"),
+    "RRD": ("rrd", {"sampling": "none"}, "bpr"),
+    "DCD": ("dcd", {}, "bpr"),
+    "HetComp": ("hetcomp", {}, "none"),
+    "w/o DKC": ("hetcomp", {"construction": "fixed"}, "none"),
+    "w/o AKT": ("hetcomp", {"transfer": "detailed"}, "none"),
+    "Converged teachers": ("hetcomp", {"construction": "converged"}, "none"),
+}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Teachers and their trajectories
+# ------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_epochs(history: Sequence[Mapping], fractions: Sequence[float], monitor: str = MONITOR) -> list[int]:
+    """The trajectory's epochs: for each fraction f, the first validated epoch with monitor ≥ f · best; then
+    the best epoch (the first maximum, the state ``fit`` restores). Equal epochs are allowed (a teacher that
+    is already good at its first validation)."""
+    if any(not 0 < f <= 1 for f in fractions) or list(fractions) != sorted(fractions):
+        raise ValueError(f"trajectory fractions must increase within (0, 1], got {list(fractions)}")
+    rows = [(h["epoch"], h[monitor]) for h in history if monitor in h]
+    if not rows:
+        raise ValueError(f"the history has no {monitor!r}: validate at least once")
+    best_epoch, best = rows[0]
+    for epoch, value in rows:
+        if value > best:
+            best_epoch, best = epoch, value
+    return [next(e for e, v in rows if v >= f * best) for f in fractions] + [best_epoch]
+
+
+class RankingRecorder:
+    """``fit``'s ``on_evaluate`` hook: the model's top-N items per user (training items excluded), int32 (U, N),
+    at the validations that may become checkpoints.
+
+    A checkpoint (the first epoch reaching f · best) is always a new running maximum of the monitor, so only
+    those are ranked (a full ranking costs as much as a validation: a minute for NeuMF on one core), and a
+    stored ranking is dropped once it falls below min(f) · the running best (it can no longer be chosen).
+    """
+
+    def __init__(self, split: Split, top_n: int, min_fraction: float, monitor: str = MONITOR) -> None:
+        self.split, self.top_n, self.min_fraction = split, top_n, min_fraction
+        self.metric = monitor.removeprefix("valid/")
+        self.best, self.rankings, self.values = -np.inf, {}, {}
+
+    def __call__(self, epoch: int, model: Recommender, valid: Mapping[str, float]) -> None:
+        value = valid[self.metric]
+        if value <= self.best:
+            return
+        self.best = value
+        self.rankings[epoch], self.values[epoch] = top_n_items(model, self.split, self.top_n), value
+        for stale in [e for e, v in self.values.items() if v < self.min_fraction * self.best]:
+            del self.rankings[stale], self.values[stale]
+
+
+@torch.no_grad()
+def top_n_items(model: Recommender, split: Split, top_n: int) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    ranked = np.concatenate([r.cpu().numpy() for _, r in rank_full(model, split, "train", top_k=top_n)])
+    model.train(was_training)
+    return ranked.astype(np.int32)
+
+
+@dataclass
+class TeacherTrajectory:
+    """One teacher kind: its trajectory of top-N rankings and the fit behind it."""
+
+    kind: str
+    dim: int
+    epochs: list[int]  # the checkpoints' epochs, v = 0 … V−1
+    rankings: np.ndarray  # (V, U, N) int32
+    item_rankings: np.ndarray  # (I, N) int32, converged teacher
+    metrics: dict  # test / valid / best_epoch / seconds of the fit
+    history: list[dict]
+    loaded: bool
+
+
+def teacher_train_config(kind: str, base: TrainConfig, row_batch_size: int) -> TrainConfig:
+    """The teacher's training: ``base`` with the kind's objective (rows per batch for the autoencoders)."""
+    if kind not in TEACHER_OBJECTIVES:
+        raise ValueError(f"unknown teacher kind {kind!r}; choose among {sorted(TEACHER_OBJECTIVES)}")
+    objective = TEACHER_OBJECTIVES[kind]
+    batch = row_batch_size if objective == "multinomial" else base.batch_size
+    return dataclasses.replace(base, loss=objective, batch_size=batch)
+
+
+def _stored_trajectory(store: Store, name: str, key: str, build_files) -> tuple[dict, bool]:
+    """The one place trajectories meet storage: (files, loaded) from the store, building them when absent."""
+    entry, loaded = store.get_or_build(TRAJECTORY_KIND, name, key, build_files)
+    files = {"arrays": entry.arrays("trajectory.npz"), "history": entry.json("history.json"),
+             "metrics": entry.json("metrics.json")}
+    return files, loaded
+
+
+def get_trajectory(model_config: ModelConfig, split: Split, train_config: TrainConfig, seed: int = 0, *,
+                   top_n: int = 100, fractions: Sequence[float] = (0.5, 0.7, 0.9),
+                   store: Store | None = None) -> TeacherTrajectory:
+    """The teacher's trajectory: from the store, or trained once (one ``fit``, rankings recorded at every
+    validation; only the checkpoints' are kept) and stored."""
+    described = {**teachers.describe(model_config, split, train_config, seed), "top_n": top_n,
+                 "fractions": list(fractions), "trajectory_code": code_digest("heterogeneous.py", "teachers.py")}
+    name = teachers.entry_name(model_config, split)
+
+    def build_files() -> tuple[dict, dict]:
+        recorder = RankingRecorder(split, top_n, min(fractions))
+        result = fit(model_config, split, train_config, seed=seed, on_evaluate=recorder)
+        epochs = checkpoint_epochs(result.history, fractions)
+        outputs = teachers.compute_outputs(result.model, split, top_n=top_n, top_n_users=top_n)
+        arrays = {"epochs": np.array(epochs), "rankings": np.stack([recorder.rankings[e] for e in epochs]),
+                  "item_rankings": outputs.item_topk.numpy().astype(np.int32)}
+        files = {"trajectory.npz": arrays, "history.json": result.history,
+                 "metrics.json": teachers.fit_metrics(result)}
+        return files, described
+
+    files, loaded = _stored_trajectory(store or Store(), name, stable_hash(described), build_files)
+    arrays = files["arrays"]
+    return TeacherTrajectory(kind=model_config.name, dim=model_config.dim, epochs=arrays["epochs"].tolist(),
+                             rankings=arrays["rankings"], item_rankings=arrays["item_rankings"],
+                             metrics=files["metrics"], history=files["history"], loaded=loaded)
+
+
+def get_trajectories(kinds: Sequence[str], dims: Mapping[str, int], split: Split, base_train: TrainConfig,
+                     row_batch_size: int = 256, seed: int = 0, *, top_n: int = 100,
+                     fractions: Sequence[float] = (0.5, 0.7, 0.9), store: Store | None = None
+                     ) -> list[TeacherTrajectory]:
+    """Every teacher kind's trajectory (trained once each, in order)."""
+    return [get_trajectory(ModelConfig(kind, dims[kind]), split, teacher_train_config(kind, base_train, row_batch_size),
+                           seed, top_n=top_n, fractions=fractions, store=store) for kind in kinds]
+
+
+def as_teacher_trajectories(runs: Sequence[TeacherTrajectory]) -> TeacherTrajectories:
+    """What HetComp reads: (X, V, U, N) rankings, (X, I, N) item rankings, (X, V) epochs."""
+    return TeacherTrajectories(names=tuple(r.kind for r in runs),
+                               rankings=torch.from_numpy(np.stack([r.rankings for r in runs])),
+                               item_rankings=torch.from_numpy(np.stack([r.item_rankings for r in runs])),
+                               epochs=torch.tensor([r.epochs for r in runs]))
+
+
+def trajectories_digest(trajectories: TeacherTrajectories) -> str:
+    digest = hashlib.sha256()
+    for tensor in (trajectories.rankings, trajectories.item_rankings, trajectories.epochs):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(",".join(trajectories.names).encode())
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------
+# The ensemble's quality (a ranking without a model)
+# ------------------------------------------------------------------------------------------------------
+
+
+def ranking_metrics(ranked: torch.Tensor, split: Split, which: str = "test", ks: Sequence[int] | None = None,
+                    chunk: int = 1024) -> dict[str, float]:
+    """Mean holdout metrics of precomputed top-N lists ``ranked`` (U, N), training items already excluded.
+
+    At test time the validation items are moved to the end of each list (stable), as ``evaluate`` masks
+    them; a list with fewer than max(ks) other entries keeps them as (never relevant) filler.
+    """
+    ks = tuple(ks or split.ks)
+    if ranked.shape[1] < max(ks):
+        raise ValueError(f"the ranking holds {ranked.shape[1]} items per user, fewer than k = {max(ks)}")
+    held_users, held_items = getattr(split, f"{which}_users"), getattr(split, f"{which}_items")
+    order = np.argsort(held_users, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(held_users, minlength=split.num_users))])
+    held_sorted = held_items[order]
+    users = np.flatnonzero(np.diff(indptr) > 0)
+    valid = PairSet(torch.from_numpy(split.valid_users), torch.from_numpy(split.valid_items), split.num_users,
+                    split.num_items) if which == "test" else None
+    values: dict[str, list] = {}
+    for lo in range(0, len(users), chunk):
+        batch = users[lo : lo + chunk]
+        lists = ranked[torch.from_numpy(batch)].long()
+        if valid is not None:
+            masked = valid.contains(torch.from_numpy(batch)[:, None].expand_as(lists), lists)
+            lists = lists.gather(1, masked.to(torch.int8).argsort(dim=1, stable=True))
+        relevant = torch.zeros(len(batch), split.num_items, dtype=torch.bool)
+        rows, cols = gather_rows(indptr, held_sorted, batch)
+        relevant[torch.from_numpy(rows), torch.from_numpy(cols)] = True
+        counts = torch.from_numpy(indptr[batch + 1] - indptr[batch])
+        for name, v in per_user_metrics(lists, relevant, PROTOCOL_METRICS[split.protocol], ks, counts).items():
+            values.setdefault(name, []).append(v)
+    return {name: float(torch.cat(v).mean()) for name, v in values.items()}
+
+
+def ensemble_metrics(trajectories: TeacherTrajectories, split: Split, top_k: int = 100,
+                     temperature: float = 10.0) -> dict[str, float]:
+    """Test metrics of the converged teachers' ensemble top-``top_k``."""
+    ranked, _ = ensemble_topk(trajectories.rankings[:, -1], top_k, temperature, split.num_items)
+    return ranking_metrics(ranked, split, "test")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Students
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudentResults:
+    results: pd.DataFrame  # dataset, protocol, base, method, seed, metric, value
+    histories: pd.DataFrame  # one row per (method, seed, epoch)
+    dynamics: pd.DataFrame  # HetComp variants: share of (teacher, user) pairs per checkpoint over epochs
+    fits: pd.DataFrame  # method, seed, best epoch, epochs run, seconds, loaded
+
+
+def _method_config(label: str, method_configs: Mapping[str, Mapping]) -> tuple[str, dict, str]:
+    if label not in STUDENT_VARIANTS:
+        raise ValueError(f"unknown student {label!r}; choose among {list(STUDENT_VARIANTS)}")
+    spec, overrides, loss = STUDENT_VARIANTS[label]
+    return spec, {**method_configs.get(spec, {}), **overrides} if spec else {}, loss
+
+
+def run_students(split: Split, trajectories: TeacherTrajectories, methods: Sequence[str], seeds: Sequence[int],
+                 train_config: TrainConfig, student_dim: int, method_configs: Mapping[str, Mapping],
+                 ensemble_top_n: int = 100, temperature: float = 10.0, store: Store | None = None
+                 ) -> StudentResults:
+    """Every (student variant, seed): fitted once and stored (metrics, history, DKC dynamics)."""
+    store = store or Store()
+    outputs = ensemble_outputs(trajectories, ensemble_top_n, ensemble_top_n, temperature, split.num_items)
+    digest = trajectories_digest(trajectories)
+    results, histories, dynamics, fits = [], [], [], []
+    for label in methods:
+        spec, config, loss = _method_config(label, method_configs)
+        student_train = dataclasses.replace(train_config, loss=loss)
+        code = code_digest(*TRAINING_CODE, MODELS["bpr"], *([distill.METHODS[spec]] if spec else []),
+                           "distill/hetcomp.py", "distill/rrd.py", "distill/base.py")
+        for seed in seeds:
+            described = {"split": split.key, "label": label, "spec": spec, "config": config, "dim": student_dim,
+                         "train": teachers.relevant_train(student_train), "seed": seed, "teachers": digest,
+                         "ensemble": [ensemble_top_n, temperature], "code": code}
+            name = f"{split.dataset}-{spec or 'none'}-{stable_hash(label, 6)}"
+
+            def build_files(spec=spec, config=config, student_train=student_train, seed=seed, described=described):
+                teacher = trajectories if spec == "hetcomp" else outputs
+                module = distill.build(spec, teacher, split, student_dim, seed=seed, **{spec: config}) if spec \
+                    else None
+                result = fit(ModelConfig("bpr", student_dim), split, student_train, distill=module, seed=seed)
+                files = {"history.json": result.history, "metrics.json": teachers.fit_metrics(result),
+                         "dynamics.json": getattr(module, "dynamics", [])}
+                return files, described
+
+            entry, loaded = store.get_or_build(STUDENT_KIND, name, stable_hash(described), build_files)
+            metrics, history = entry.json("metrics.json"), entry.json("history.json")
+            keys = {"dataset": split.dataset, "protocol": split.protocol, "base": "bpr", "method": label,
+                    "seed": seed}
+            results.append(long_results(metrics, **keys))
+            histories.append(history_frame(history, **keys))
+            dynamics.append(pd.DataFrame(entry.json("dynamics.json")).assign(method=label, seed=seed))
+            fits.append({"method": label, "seed": seed, "best_epoch": metrics["best_epoch"],
+                         "epochs_run": len(history), "seconds": metrics["seconds"], "loaded": loaded})
+    return StudentResults(pd.concat(results, ignore_index=True), pd.concat(histories, ignore_index=True),
+                          pd.concat(dynamics, ignore_index=True), pd.DataFrame(fits))
+
+
+def teacher_results(runs: Sequence[TeacherTrajectory], ensemble: Mapping[str, float], split: Split,
+                    seeds: Sequence[int]) -> pd.DataFrame:
+    """Long-form test rows of every teacher and of the ensemble, repeated per student seed (the teachers are
+    trained once: their rows are the same on every seed, so per-seed claims pair them with each student)."""
+    frames = []
+    for seed in seeds:
+        keys = {"dataset": split.dataset, "protocol": split.protocol, "base": "bpr", "seed": seed}
+        frames += [long_results(r.metrics, **keys, method=TEACHER_LABELS[r.kind]) for r in runs]
+        frames.append(long_results(dict(ensemble), **keys, method="Ensemble"))
+    return pd.concat(frames, ignore_index=True)[["dataset", "protocol", "base", "method", "seed", "metric", "value"]]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tables and figures
+# ------------------------------------------------------------------------------------------------------
+
+
+def teacher_table(runs: Sequence[TeacherTrajectory], split: Split) -> pd.DataFrame:
+    """Per teacher: size, parameters, its checkpoints (epoch and validation Recall@50 each), test metrics."""
+    rows = []
+    for run in runs:
+        valid = {h["epoch"]: h.get(MONITOR) for h in run.history}
+        torch.manual_seed(0)
+        model = build(ModelConfig(run.kind, run.dim), split)
+        rows.append({
+            "teacher": TEACHER_LABELS[run.kind], "kind": run.kind, "dim": run.dim,
+            "objective": TEACHER_OBJECTIVES[run.kind], "parameters_millions": count_parameters(model) / 1e6,
+            "checkpoint_epochs": " / ".join(str(e) for e in run.epochs),
+            "checkpoint_valid_recall50": " / ".join(f"{valid[e]:.4f}" for e in run.epochs),
+            "epochs_run": len(run.history), "train_minutes": run.metrics["seconds"] / 60,
+            **{f"test {k}": v for k, v in run.metrics["test"].items()},
+        })
+    return pd.DataFrame(rows)
+
+
+def efficiency_table(runs: Sequence[TeacherTrajectory], split: Split, student_dim: int, top_n: int = 50,
+                     ensemble_top_n: int = 100, temperature: float = 10.0, repeats: int = 3,
+                     device: str = "cpu") -> pd.DataFrame:
+    """Inference cost: parameters and wall seconds to produce top-``top_n`` lists for all users, per teacher,
+    for the ensemble (every teacher's top-``ensemble_top_n`` plus the aggregation, measured) and for the
+    student. Cost depends on the architecture only: measured on freshly built models of the same sizes."""
+    rows = []
+    for run in runs:
+        torch.manual_seed(0)
+        model = build(ModelConfig(run.kind, run.dim), split).to(device)
+        rows.append({"model": TEACHER_LABELS[run.kind], "parameters": count_parameters(model),
+                     "seconds_all_users": time_recommend_all(model, split, ensemble_top_n, repeats=repeats)})
+    lists = torch.from_numpy(np.stack([run.rankings[-1] for run in runs]))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        ensemble_topk(lists, top_n, temperature, split.num_items)
+    aggregation = (time.perf_counter() - start) / repeats
+    teachers_frame = pd.DataFrame(rows)
+    rows.append({"model": "Ensemble (all teachers + aggregation)",
+                 "parameters": int(teachers_frame["parameters"].sum()),
+                 "seconds_all_users": float(teachers_frame["seconds_all_users"].sum()) + aggregation})
+    torch.manual_seed(0)
+    student = build(ModelConfig("bpr", student_dim), split).to(device)
+    rows.append({"model": f"Student (MF, dim {student_dim})", "parameters": count_parameters(student),
+                 "seconds_all_users": time_recommend_all(student, split, top_n, repeats=repeats)})
+    table = pd.DataFrame(rows)
+    ensemble_row = table.iloc[-2]
+    table["parameters_vs_ensemble"] = table["parameters"] / ensemble_row["parameters"]
+    table["time_vs_ensemble"] = table["seconds_all_users"] / ensemble_row["seconds_all_users"]
+    return table
+
+
+def gap_table(results: pd.DataFrame, metric: str = "Recall@50", method: str = "HetComp",
+              reference: str = "Student", target: str = "Ensemble") -> pd.DataFrame:
+    """Per seed: how much of the gap between the undistilled student and the ensemble ``method`` closes,
+    (method − reference) / (target − reference)."""
+    values = results[results["metric"] == metric].pivot_table(index="seed", columns="method", values="value")
+    missing = {method, reference, target} - set(values.columns)
+    if missing:
+        raise ValueError(f"gap_table needs results of {sorted(missing)}")
+    table = values[[reference, method, target]].copy()
+    table["gap_closed"] = (table[method] - table[reference]) / (table[target] - table[reference])
+    return table.reset_index()
+
+
+def dynamics_summary(dynamics: pd.DataFrame, method: str = "HetComp") -> pd.DataFrame:
+    """Mean share of (teacher, user) pairs at each checkpoint per epoch (over teachers and seeds)."""
+    rows = dynamics[dynamics["method"] == method]
+    shares = [c for c in rows.columns if c.startswith("v") and c[1:].isdigit()]
+    return rows.groupby("epoch", sort=True)[[*shares, "detailed_share"]].mean().reset_index()
+
+
+def dynamics_plot(dynamics: pd.DataFrame, method: str = "HetComp", ax=None):
+    """DKC's dynamics: share of (teacher, user) pairs at each checkpoint v over epochs (stacked), and the
+    share of users in AKT's detailed phase (dashed)."""
+    summary = dynamics_summary(dynamics, method)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        plt.close(fig)
+    else:
+        fig = ax.figure
+    if summary.empty:
+        ax.text(0.5, 0.5, f"no {method} dynamics recorded", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    shares = [c for c in summary.columns if c.startswith("v") and c[1:].isdigit()]
+    ax.stackplot(summary["epoch"], *(summary[c] for c in shares), labels=[f"checkpoint {c[1:]}" for c in shares],
+                 step="post", alpha=0.8)
+    ax.step(summary["epoch"], summary["detailed_share"], where="post", color="black", linestyle="--",
+            label="users in the detailed phase")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("share of (teacher, user) pairs")
+    ax.set_ylim(0, 1)
+    ax.legend(frameon=False, fontsize="small", loc="center right")
+    ax.set_title(method)
+    return fig
+
+
+__all__ = ["STUDENT_VARIANTS", "TEACHER_LABELS", "TEACHER_OBJECTIVES", "RankingRecorder", "StudentResults",
+           "TeacherTrajectory", "as_teacher_trajectories", "checkpoint_epochs", "dynamics_plot", "dynamics_summary",
+           "efficiency_table", "ensemble_metrics", "gap_table", "get_trajectories", "get_trajectory",
+           "ranking_metrics", "run_students", "teacher_results", "teacher_table", "teacher_train_config",
+           "top_n_items", "trajectories_digest"]
