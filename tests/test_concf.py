@@ -21,7 +21,7 @@ from kdrepro.distill.concf import (
     positions_in,
     renormalize_,
 )
-from kdrepro.evaluate import evaluate
+from kdrepro.evaluate import evaluate, rank_full
 from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball
 from kdrepro.objectives import bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
 from kdrepro.train import TrainConfig, fit
@@ -172,3 +172,20 @@ def test_consensus_scorer_masks_validation_items_at_test(split):
     nonzero = torch.nonzero(scores > 0).tolist()
     assert nonzero and not any((int(users[r]), c) in valid for r, c in nonzero)
     assert set(evaluate(scorer, split, "test")) == {f"{m}@{k}" for m in ("Recall", "NDCG") for k in (10, 20, 50)}
+
+
+def test_validation_from_rankings_matches_evaluate(split):
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, ("bpr", "cml"), dim=16).eval()
+    concf = ConCF(ConCFConfig(heads=("bpr", "cml"), top_n=60, num_interesting=30), split)
+    rankings = torch.stack([torch.cat([r for _, r in rank_full(model.head(h), split, "train", top_k=60)])
+                            for h in ("bpr", "cml")])
+    row = concf.validation_row(rankings)
+    for head in ("bpr", "cml"):
+        expected = evaluate(model.head(head), split, "valid")
+        # equal up to the order of exactly tied scores of an untrained model (top-60 vs top-50 selection)
+        assert {k: row[f"{head}/{k}"] for k in expected} == pytest.approx(expected, abs=1e-3)
+    consensus = evaluate(ConsensusScorer(model, split, "valid", top_n=60), split, "valid")
+    # consensus scores tie often (an item at rank r of one head only scores like another at rank r of
+    # another head only): top-60 and top-50 selections may order such ties differently
+    assert {k: row[f"consensus/{k}"] for k in consensus} == pytest.approx(consensus, abs=0.01)

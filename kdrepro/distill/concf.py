@@ -59,7 +59,8 @@ from torch import nn
 
 from kdrepro.distill.base import check_positive
 from kdrepro.distill.rrd import relaxed_ranking_loss
-from kdrepro.evaluate import evaluate, gather_rows, rank_full
+from kdrepro.evaluate import gather_rows, rank_full
+from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
 from kdrepro.models.base import Recommender
 from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF
 from kdrepro.objectives import BASE_LOSSES, multinomial_loss
@@ -180,6 +181,22 @@ def renormalize_(weights: torch.Tensor, low: float, high: float) -> torch.Tensor
     weights.clamp_(low, high)
     weights.mul_(len(weights) / weights.sum())
     return weights
+
+
+def ranking_metrics(ranked: torch.Tensor, split: Split, which: str = "valid") -> dict[str, float]:
+    """Mean metrics of ``split``'s held-out ``which`` items over the users holding some, from every user's
+    ranked items (U, ≥ max k), as :func:`kdrepro.evaluate.evaluate` computes them from a model's ranking."""
+    held_users, held_items = getattr(split, f"{which}_users"), getattr(split, f"{which}_items")
+    order = np.argsort(held_users, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(held_users, minlength=split.num_users))])
+    users = np.flatnonzero(np.diff(indptr) > 0)
+    rows, cols = gather_rows(indptr, held_items[order], users)
+    relevant = torch.zeros(len(users), split.num_items, dtype=torch.bool)
+    relevant[torch.as_tensor(rows), torch.as_tensor(cols)] = True
+    counts = torch.as_tensor(indptr[users + 1] - indptr[users])
+    values = per_user_metrics(ranked[torch.as_tensor(users)].cpu(), relevant, PROTOCOL_METRICS[split.protocol],
+                              split.ks, counts)
+    return {name: float(v.float().mean()) for name, v in values.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,18 +334,19 @@ class ConCF(nn.Module):
         row = {"epoch": self._epoch - 1, "generation_s": done - started, "ranking_s": ranked_at - started,
                "consolidation_s": done - ranked_at}
         if cfg.track_heads:
-            row.update(self.validation_row(model))
+            row.update(self.validation_row(torch.stack(rankings)))
         self.log.append(row)
         return consensus
 
-    def validation_row(self, model: MultiHeadCF) -> dict[str, float]:
-        """Validation Recall/NDCG@50 of every head and of the consensus (importance part), model as is."""
+    def validation_row(self, rankings: torch.Tensor) -> dict[str, float]:
+        """Validation metrics of every head and of the consensus (importance part, as :class:`ConsensusScorer`)
+        from the heads' rankings (H, U, N) of this generation (training items masked, as validation masks)."""
+        cfg = self.config
+        importance_only = consensus_ranking(rankings, torch.zeros(rankings.shape), self.num_items, cfg.temperature,
+                                            0.0, cfg.top_n)
         row = {}
-        for head in self.config.heads:
-            metrics = evaluate(model.head(head), self.split, "valid")
-            row.update({f"{head}/{name}": value for name, value in metrics.items()})
-        scorer = ConsensusScorer(model, self.split, "valid", self.config.top_n, self.config.temperature)
-        row.update({f"consensus/{name}": value for name, value in evaluate(scorer, self.split, "valid").items()})
+        for name, ranked in [*zip(cfg.heads, rankings, strict=True), ("consensus", importance_only)]:
+            row.update({f"{name}/{metric}": value for metric, value in ranking_metrics(ranked, self.split).items()})
         return row
 
     # One batch ---------------------------------------------------------------------------------------
