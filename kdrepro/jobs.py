@@ -35,6 +35,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import papermill
 import torch
 
 try:  # the Ray executor's machinery (the `cluster` and `dev` extras install it)
@@ -61,6 +62,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCH_SECONDS = {"models": 0.6, "de": 12.0, "htd": 13.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
                  "phr": 1.0, "fitnet": 0.6, "ftd": 0.6}
 VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "kdrepro")
+# Set while a chapter is executed to enumerate its fits (see collect_jobs): run_jobs appends every job it
+# is given to this file (JSON lines) and fits nothing.
+PLAN_FILE_ENV = "KDREPRO_PLAN_FILE"
+PLACEHOLDER = {"test": {}, "valid": {}, "history": [], "best_epoch": None, "epochs_run": None, "seconds": None,
+               "epoch_s": None, "parameters": None, "kd_parameters": None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,7 +441,7 @@ class Ledger:
             "history": compact_history(history),
         }
         write_json(self.path(job), entry)
-        return entry
+        return json.loads(self.path(job).read_text())  # as every later reader sees it (keys sorted)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,6 +521,11 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
     ledger = ledger or Ledger()
     settings = settings or current_settings()
     unique = list({job.key: job for job in jobs}.values())
+    plan_file = os.environ.get(PLAN_FILE_ENV)
+    if plan_file:  # planning: record the jobs, fit nothing, hand back what the ledger has (else placeholders)
+        with open(plan_file, "a") as handle:
+            handle.writelines(json.dumps(job.to_dict()) + "\n" for job in unique)
+        return {job.key: Done(job, ledger.get(job) or dict(PLACEHOLDER), False) for job in unique}
     done: dict[str, Done] = {}
     missing: list[FitJob] = []
     for job in unique:
@@ -588,3 +599,133 @@ def teacher_outputs(store: Store, job: FitJob, split: Split) -> TeacherOutputs:
     path = store.folder(teacher.kind, teacher.name, teacher.key)
     fitted = teachers.Teacher(model, teacher.model_config, split, {}, [], path, teacher.key, True, store)
     return fitted.outputs(*job.top_n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Campaigns: collect a chapter's jobs, plan what is missing, fill it
+# --------------------------------------------------------------------------------------------------
+
+
+def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, kernel: str = "kdrepro",
+                 workdir: str | os.PathLike, timeout: int | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, list[FitJob]]:
+    """The fits of each chapter ``(stem, notebook path, parameters)``, without training anything.
+
+    Each notebook is executed (papermill, every cell, errors allowed) with :data:`PLAN_FILE_ENV` set:
+    :func:`run_jobs` records every job it is handed and returns the ledger's entries, or empty
+    placeholders, so the chapter's own code enumerates its fits (data and splits are loaded for real,
+    splits saved in the store). Cells that need trained weights fail in this mode and are ignored.
+    Executed copies and the chapter's outputs go under ``workdir``.
+    """
+    workdir = Path(workdir)
+    found: dict[str, list[FitJob]] = {}
+    previous = os.environ.get(PLAN_FILE_ENV)
+    try:
+        for stem, path, parameters in chapters:
+            plan_file = workdir / f"{stem}.jobs.jsonl"
+            plan_file.unlink(missing_ok=True)
+            plan_file.touch()
+            os.environ[PLAN_FILE_ENV] = str(plan_file)
+            started = time.time()
+            try:
+                papermill.execute_notebook(str(path), str(workdir / f"{stem}.ipynb"), parameters=dict(parameters),
+                                           kernel_name=kernel, progress_bar=False, allow_errors=True,
+                                           cwd=str(Path(path).parent), execution_timeout=timeout)
+            except papermill.PapermillExecutionError:
+                pass  # sections that need weights fail while planning; their jobs are recorded all the same
+            lines = [line for line in plan_file.read_text().splitlines() if line.strip()]
+            jobs = list({job.key: job for job in (FitJob.from_dict(json.loads(line)) for line in lines)}.values())
+            found[stem] = jobs
+            log(f"{stem}: {len(jobs)} fits enumerated in {time.time() - started:.0f} s")
+    finally:
+        if previous is None:
+            os.environ.pop(PLAN_FILE_ENV, None)
+        else:
+            os.environ[PLAN_FILE_ENV] = previous
+    return found
+
+
+def expected_epochs(train: Mapping[str, Any]) -> int:
+    """Epochs a fit is expected to run before the ledger knows: all of them without early stopping, else
+    at most 10 validation rounds past the patience (early stopping usually ends sooner)."""
+    if not train.get("patience"):
+        return int(train["epochs"])
+    return int(min(train["epochs"], train["eval_every"] * (train["patience"] + 10)))
+
+
+def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
+    return (job_or_entry["dataset"], job_or_entry["spec"], job_or_entry["model"]["name"], job_or_entry["model"]["dim"])
+
+
+def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[float]]) -> tuple[float, str]:
+    """Seconds ``job`` should take: the median of the ledger's fits of its class (dataset, method, model,
+    dim), else the fallback epoch costs of :data:`EPOCH_SECONDS` × :func:`expected_epochs`."""
+    seen = timings.get(_cost_class(job.to_dict()))
+    if seen:
+        return float(np.median(seen)), "ledger"
+    per_epoch = EPOCH_SECONDS["models"] + sum(EPOCH_SECONDS.get(n, 1.0) for n in (job.spec or "").split("+") if n)
+    return per_epoch * expected_epochs(job.train), "fallback"
+
+
+def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None = None) -> list[dict]:
+    """One row per (chapter, fit): ``status`` done | missing | stale (recorded under another code digest:
+    never used) and the estimated seconds of the fits to compute (teachers a distilled fit needs included)."""
+    ledger = ledger or Ledger()
+    entries = list(ledger.entries())
+    timings: dict[tuple, list[float]] = {}
+    stale_configs: set[str] = set()
+    for entry in entries:
+        job = entry.get("job")
+        if job and entry.get("seconds") is not None and entry.get("threads"):
+            timings.setdefault(_cost_class(job), []).append(float(entry["seconds"]))
+        stale_configs.add(entry.get("config_key", ""))
+    rows = []
+    for chapter, jobs in jobs_by_chapter.items():
+        wanted = list({j.key: j for j in [*(j.teacher for j in jobs if j.teacher is not None), *jobs]}.values())
+        for job in wanted:
+            if ledger.get(job) is not None:
+                status = "done"
+            else:
+                status = "stale" if job.config_key in stale_configs else "missing"
+            seconds, source = estimate_seconds(job, timings) if status != "done" else (0.0, "")
+            rows.append({"chapter": chapter, "kind": job.kind, "fit": job.label or job.name, "seed": job.seed,
+                         "key": job.key, "status": status, "est_seconds": seconds, "estimate": source})
+    return rows
+
+
+def format_plan(rows: Sequence[Mapping[str, Any]], workers: int = 1) -> str:
+    """Per chapter: fits done / missing / stale and the estimated thread-hours of what is missing."""
+    lines = []
+    chapters = list(dict.fromkeys(r["chapter"] for r in rows))
+    total = 0.0
+    for chapter in chapters:
+        mine = [r for r in rows if r["chapter"] == chapter]
+        todo = [r for r in mine if r["status"] != "done"]
+        seconds = sum(r["est_seconds"] for r in todo)
+        total += seconds
+        counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "missing", "stale")}
+        sources = {r["estimate"] for r in todo}
+        lines.append(f"{chapter}: {len(mine)} fits, {counts['done']} done, {counts['missing']} missing, "
+                     f"{counts['stale']} stale; to compute ≈ {seconds / 3600:.2f} thread-hours"
+                     + (f" ({'/'.join(sorted(sources))} timings)" if sources else ""))
+        for r in todo:
+            lines.append(f"    {r['status']:7s} {r['kind']:10s} {r['fit']} seed {r['seed']}  "
+                         f"≈ {r['est_seconds'] / 60:.1f} min")
+    lines.append(f"total to compute ≈ {total / 3600:.2f} thread-hours ≈ {total / 3600 / max(1, workers):.2f} h "
+                 f"on {workers} worker(s)")
+    return "\n".join(lines)
+
+
+def fill(jobs_by_chapter: Mapping[str, Sequence[FitJob]], *, store: Store | None = None,
+         ledger: Ledger | None = None, settings: ExecutorSettings | None = None,
+         log: Callable[[str], None] = print) -> dict[str, Done]:
+    """Compute every missing fit of the chapters in one pool (teachers first), nothing rendered.
+
+    Each fit is written to the store (manifest last) and the ledger as it completes, so a killed fill
+    (even ``kill -9``) loses only the fits in flight: rerunning it resumes with what is missing.
+    """
+    every = [job for jobs in jobs_by_chapter.values() for job in jobs]
+    log(f"fill: {len(every)} fits in {len(jobs_by_chapter)} chapter(s)")
+    done = run_jobs(every, store=store, ledger=ledger, settings=settings, log=log)
+    log(f"fill: {sum(d.trained for d in done.values())} fits computed, {len(done)} complete")
+    return done
