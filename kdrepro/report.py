@@ -119,8 +119,10 @@ class RunRecorder:
         self.show(name, summarize(results, [*index, *cols]))
         return show_table(mean_std_table(results, index, columns, precision))
 
-    def figure(self, name: str, fig: Figure) -> Figure:
-        """Save ``fig`` as ``figures/<name>.png`` and return it for display."""
+    def figure(self, name: str, fig: Figure | NotRun) -> Figure | NotRun:
+        """Save ``fig`` as ``figures/<name>.png`` and return it for display (a :class:`NotRun` is shown only)."""
+        if isinstance(fig, NotRun):
+            return fig
         self.figures[name] = write_figure(self.results_dir / "figures" / f"{name}.png", fig)
         return fig
 
@@ -253,52 +255,134 @@ def show_table(table: pd.DataFrame, precision: int = 4):
     return styler.hide(axis="index").set_table_styles([{"selector": "td", "props": "white-space: nowrap;"}])
 
 
-def paper_vs_ours_view(table: pd.DataFrame, precision: int = 4):
-    """Display version of a ``paper.paper_vs_ours`` table, one row per (…, base, metric).
+_VALUE_COLUMNS = {"method", "metric", "paper", "ours_mean", "ours_std", "n_seeds", "rel_delta", "verdict"}
+VERDICT_MARKS = {"reproduced": "✓", "partially": "≈", "not": "✗", "no paper value": ""}
+MAX_METRICS_PER_TABLE = 4  # three columns each: a table stays readable at 1,400 px
 
-    For every method: the paper's value, ours as mean ± std, Δ relative to the paper, and the verdict
-    (coloured). The long table itself (the CSV) has one row per method and metric.
-    """
-    view = table.copy()
-    pairs = zip(view["ours_mean"], view["ours_std"], strict=True)
-    view["ours"] = [format_mean_std(m, s, precision) for m, s in pairs]
-    view["paper"] = ["–" if pd.isna(v) else f"{v:.{precision}f}" for v in view["paper"]]
-    view["Δ"] = ["" if pd.isna(d) else f"{100 * d:+.1f}%" for d in view["rel_delta"]]
-    keys = [
+
+class Tables:
+    """Several HTML tables shown as one output (side by side where they fit)."""
+
+    def __init__(self, parts: list, note: str = "") -> None:
+        self.parts, self.note = parts, note
+
+    def to_html(self) -> str:
+        note = f"<p class='table-note'>{self.note}</p>" if self.note else ""
+        inner = "".join(f"<div>{part.to_html()}</div>" for part in self.parts)
+        return f"{note}<div class='tables'>{inner}</div>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+class NotRun:
+    """Shown instead of a table or figure that would have fewer than two points to compare."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def to_html(self) -> str:
+        return f"<p class='not-run'><b>Not run in this profile:</b> {self.what}</p>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def __repr__(self) -> str:
+        return f"Not run in this profile: {self.what}"
+
+
+def _key_columns(table: pd.DataFrame) -> list[str]:
+    """Row keys of a paper-vs-ours table: every column that is not a value, a verdict or a gain."""
+    return [
         c
-        for c in view.columns
-        if c
-        not in (
-            "method",
-            "paper",
-            "ours_mean",
-            "ours_std",
-            "n_seeds",
-            "rel_delta",
-            "verdict",
-            "ours",
-            "Δ",
-            "metric",
-        )
+        for c in table.columns
+        if c not in _VALUE_COLUMNS and not str(c).startswith(("ours", "paper", "gain", "rel_")) and "verdict" not in c
     ]
-    keys.append("metric")
-    methods = list(dict.fromkeys(view["method"]))
-    wide = view.pivot(index=keys, columns="method", values=["paper", "ours", "Δ", "verdict"])
-    wide = wide.swaplevel(0, 1, axis=1).reindex(
-        columns=pd.MultiIndex.from_product([methods, ["paper", "ours", "Δ", "verdict"]])
+
+
+def _ours_cell(mean: float, std: float, precision: int) -> str:
+    if pd.isna(mean):
+        return "–"
+    spread = "" if pd.isna(std) else f"<br><small>± {std:.{precision}f}</small>"
+    return f"{mean:.{precision}f}{spread}"
+
+
+def _metric_groups(metrics: list[str]) -> list[list[str]]:
+    """Metrics in tables of at most MAX_METRICS_PER_TABLE: one table per cut-off when there are more."""
+    if len(metrics) <= MAX_METRICS_PER_TABLE:
+        return [metrics]
+    by_cutoff: dict[str, list[str]] = {}
+    for metric in metrics:
+        by_cutoff.setdefault(metric.partition("@")[2], []).append(metric)
+    groups = list(by_cutoff.values())
+    return [g[i : i + MAX_METRICS_PER_TABLE] for g in groups for i in range(0, len(g), MAX_METRICS_PER_TABLE)]
+
+
+def paper_vs_ours_view(table: pd.DataFrame, precision: int = 4, caption: str = ""):
+    """Display version of a ``paper.paper_vs_ours`` table: one row per method, metrics as columns.
+
+    Per metric three columns — ours (mean, ± std over seeds below it), the paper's value, and Δ relative to
+    the paper with the verdict (✓ reproduced, ≈ partially, ✗ not; coloured). Keys constant over the table
+    (dataset, protocol …) go to the caption; a table with more than four metrics is split by cut-off, and
+    one table is made per remaining key group (e.g. per protocol). The long table itself is the CSV.
+    """
+    if table.empty:
+        return NotRun("no paper-vs-ours values")
+    keys = _key_columns(table)
+    constant = [k for k in keys if table[k].nunique(dropna=False) == 1]
+    varying = [k for k in keys if k not in constant]
+    shared = " · ".join(str(table[k].iloc[0]) for k in constant)
+    outer = [k for k in varying if k in ("dataset", "protocol", "probe")]
+    inner = [k for k in varying if k not in outer]
+    parts = []
+    groups = table.groupby(outer, sort=False, dropna=False) if outer else [((), table)]
+    for labels, frame in groups:
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        metrics = list(dict.fromkeys(frame["metric"]))
+        for chunk in _metric_groups(metrics):
+            parts.append(_paper_vs_ours_part(frame, inner, chunk, precision, " · ".join(map(str, (shared, *labels)))))
+    note = (
+        (f"{caption} — " if caption else "")
+        + "ours: mean over seeds (± std below); Δ relative to the paper; ✓ reproduced, ≈ partially, ✗ not"
     )
-    order = view[keys].drop_duplicates()
-    wide = wide.reindex(pd.MultiIndex.from_frame(order)).fillna("").reset_index()
+    return Tables(parts, note)
 
-    def colour(value: str) -> str:
-        return f"background-color: {VERDICT_COLOURS[value]}" if value in VERDICT_COLOURS else ""
 
-    verdict_cols = [c for c in wide.columns if isinstance(c, tuple) and c[1] == "verdict"]
-    text_cols = [c for c in wide.columns if c[0] in keys and c[0] != "metric"]
+def _paper_vs_ours_part(frame: pd.DataFrame, keys: list[str], metrics: list[str], precision: int, caption: str):
+    rows = frame[frame["metric"].isin(metrics)]
+    index = [*keys, "method"]
+    order = rows[index].drop_duplicates()
+    cells: dict[tuple, dict] = {}
+    verdicts: dict[tuple, str] = {}
+    for row in rows.to_dict("records"):
+        at = tuple(row[k] for k in index)
+        line = cells.setdefault(at, {})
+        metric = row["metric"]
+        mark = VERDICT_MARKS.get(row["verdict"], "")
+        line[(metric, "ours")] = _ours_cell(row["ours_mean"], row.get("ours_std", np.nan), precision)
+        line[(metric, "paper")] = "–" if pd.isna(row["paper"]) else f"{row['paper']:.{precision}f}"
+        line[(metric, "Δ")] = "" if pd.isna(row["rel_delta"]) else f"{100 * row['rel_delta']:+.1f} % {mark}"
+        verdicts[(*at, metric)] = row["verdict"]
+    columns = pd.MultiIndex.from_product([metrics, ["ours", "paper", "Δ"]])
+    body = pd.DataFrame(
+        [cells[tuple(r)] for r in order.itertuples(index=False)],
+        index=pd.MultiIndex.from_frame(order) if len(index) > 1 else pd.Index(order[index[0]]),
+    ).reindex(columns=columns).fillna("")
+
+    def colour(column: pd.Series) -> list[str]:
+        metric, part = column.name
+        if part != "Δ":
+            return ["border-left: 2px solid #8c959f" if part == "ours" else ""] * len(column)
+        keys_of = [idx if isinstance(idx, tuple) else (idx,) for idx in column.index]
+        return [
+            f"background-color: {VERDICT_COLOURS.get(verdicts.get((*k, metric)), '')}" for k in keys_of
+        ]
+
+    styler = body.style.apply(colour, axis=0).set_caption(caption)
+    if len(index) == 1:
+        styler = styler.hide(axis="index", names=True)  # the method names speak for themselves
     return (
-        wide.style.map(colour, subset=verdict_cols)
-        .set_properties(subset=text_cols, **{"text-align": "left"})
-        .hide(axis="index")
+        styler
         .set_table_styles([{"selector": "td", "props": "white-space: nowrap;"}])
     )
 
@@ -371,6 +455,18 @@ def interaction_distributions(data) -> Figure:
     return fig
 
 
+_HISTORY_PREFIXES = {"valid": "validation", "test": "test", "loss": "loss", "train": "training"}
+
+
+def axis_label(column: str) -> str:
+    """A history column as words: ``valid/NDCG@10`` → "validation NDCG@10", ``loss/rrd`` → "loss: rrd"."""
+    prefix, sep, rest = column.partition("/")
+    if not sep:
+        return column.replace("_", " ")
+    words = _HISTORY_PREFIXES.get(prefix, prefix)
+    return f"{words}: {rest}" if prefix == "loss" else f"{words} {rest}"
+
+
 def training_curves(
     histories: pd.DataFrame,
     metric: str,
@@ -404,7 +500,7 @@ def training_curves(
         markersize=3,
         ax=ax,
     )
-    ax.set_ylabel(metric)
+    ax.set_ylabel(axis_label(metric))
     if log_y:
         ax.set_yscale("log")
     if ax.get_legend() is not None:
@@ -431,6 +527,17 @@ def training_curves_by(histories: pd.DataFrame, metric: str, col: str = "protoco
 # --------------------------------------------------------------------------------------------------
 
 
+SWEEP_LABELS = {
+    "phi": "student size φ (student dim / teacher dim)",
+    "lambda_de": "λ_DE",
+    "lambda_rrd": "λ_RRD",
+    "lambda_ir": "λ_IR",
+    "num_experts": "number of experts M",
+    "num_interesting": "interesting items K",
+    "ir_users": "users sampled per item",
+}
+
+
 def sweep_plot(
     results: pd.DataFrame,
     x: str,
@@ -447,6 +554,13 @@ def sweep_plot(
     without ``x`` (the teacher, the student without KD) drawn as dashed horizontal lines at their mean.
     """
     metrics = list(metrics)
+    points = results[x].dropna().nunique() if x in results else 0
+    if points < 2:
+        return NotRun(f"a sweep over {x} needs at least 2 values; this run has {points}")
+    xs = sorted(results[x].dropna().unique())
+    if not log_x and all(isinstance(v, int | float | np.number) and v > 0 for v in xs):
+        gaps = np.diff(xs) / (xs[-1] - xs[0])
+        log_x = bool(len(gaps) and gaps.min() < 0.08 and xs[-1] / xs[0] >= 8)  # crowded ticks: log scale
     rows = list(dict.fromkeys(results[row])) if row in results else [None]
     fig, axes = plt.subplots(len(rows), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(rows)), squeeze=False)
     plt.close(fig)
@@ -473,32 +587,44 @@ def sweep_plot(
                 ax.set_xticks(ticks)
                 ax.set_xticklabels([f"{t:g}" if isinstance(t, int | float | np.number) else str(t) for t in ticks])
                 ax.minorticks_off()
-            ax.set_xlabel(x)
-            ax.set_ylabel(f"test {metric}")
+            ax.set_xlabel(SWEEP_LABELS.get(x, x.replace("_", " ")))
+            ax.set_ylabel(metric if metric == "seconds" else f"test {metric}")
             ax.set_title(metric if value is None else f"{value} · {metric}")
             ax.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
 
 
-def heatmaps(panels: Mapping[str, pd.DataFrame], fmt: str = ".4f", cmap: str = "viridis") -> Figure:
-    """One annotated heatmap per matrix of ``panels`` (``{title: DataFrame}``), each on its own colour scale.
+def heatmaps(panels: Mapping[str, pd.DataFrame], fmt: str = ".4f", cmap: str = "viridis") -> Figure | NotRun:
+    """One annotated heatmap per matrix of ``panels`` (``{title: DataFrame}``).
 
-    Row and column labels are the matrices' index and columns (numbers printed with ``:g``).
+    Panels of one metric (every title ends with the same word, e.g. "bpr · HR@5", "neumf · HR@5") are
+    compared with each other: one colour scale and one colour bar for all. Panels of different metrics
+    keep a scale (and a colour bar) each. Row and column labels are the matrices' index and columns.
+    Fewer than two cells in every panel: :class:`NotRun`.
     """
-    count = max(len(panels), 1)
-    fig, axes = plt.subplots(1, count, figsize=(4.6 * count, 3.8), squeeze=False)
+    if not panels or all(matrix.size < 2 for matrix in panels.values()):
+        sizes = ", ".join(f"{m.shape[0]}×{m.shape[1]}" for m in panels.values()) or "none"
+        return NotRun(f"a grid needs at least 2 cells; this run has {sizes}")
+    shared = len({str(title).split()[-1] for title in panels}) == 1
+    values = np.concatenate([m.to_numpy(dtype=float).ravel() for m in panels.values()])
+    count = len(panels)
+    fig, axes = plt.subplots(1, count, figsize=(4.4 * count + 0.8, 3.8), squeeze=False)
     plt.close(fig)
     for ax, (title, matrix) in zip(axes[0], panels.items(), strict=False):
         labels = matrix.copy()
         labels.index = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.index]
         labels.columns = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.columns]
-        sns.heatmap(labels.astype(float), annot=True, fmt=fmt, cmap=cmap, cbar=False, ax=ax,
-                    annot_kws={"fontsize": "small"})
-        ax.set_ylabel(matrix.index.name or "")
-        ax.set_xlabel(matrix.columns.name or "")
+        scale = {"vmin": np.nanmin(values), "vmax": np.nanmax(values)} if shared else {}
+        sns.heatmap(labels.astype(float), annot=True, fmt=fmt, cmap=cmap, cbar=not shared, ax=ax,
+                    annot_kws={"fontsize": "small"}, **scale)
+        ax.set_ylabel(SWEEP_LABELS.get(str(matrix.index.name), matrix.index.name or ""))
+        ax.set_xlabel(SWEEP_LABELS.get(str(matrix.columns.name), matrix.columns.name or ""))
         ax.set_title(title, fontsize="medium")
     fig.tight_layout()
+    if shared:
+        bar = fig.colorbar(axes[0][0].collections[0], ax=list(axes[0]), fraction=0.03, pad=0.02)
+        bar.set_label("one scale for all panels")
     return fig
 
 
@@ -556,6 +682,9 @@ def selection_dynamics(summary: pd.DataFrame) -> Figure:
 def ranked_view(table: pd.DataFrame, precision: int = 4):
     """Display version of ``experiments.design_choice_table``: one row per (base, variant); per metric our
     mean ± std and the paper's value, each followed by its rank among the variants (1 = best)."""
+    variants = table.groupby("base")["variant"].nunique().max() if len(table) else 0
+    if variants < 2:
+        return NotRun(f"a comparison of design choices needs at least 2 variants; this run has {variants}")
     view = table.copy()
     view["ours"] = [
         f"{format_mean_std(m, s, precision)} ({int(r)})"

@@ -252,7 +252,7 @@ def test_manifest_page_and_progress(books, tmp_path):
     assert "<script" not in page and "mathjax" not in page.lower() and "require.js" not in page
     assert '<details class="code">' in page, "code is on the page, collapsed"
     assert "a count</span>" not in page and "X = 3  # a count" not in page, "parameters cells give way to the card"
-    assert "Results at a glance" in page and "<code>X = 5</code>" in page and "(-p)" in page
+    assert "Results at a glance" in page and "<code>X = 5</code>" in page and "-p (command line)" in page
     assert 'href="index.html"' in page
     stored = nbformat.read(reports / "00_ok" / "00_ok.ipynb", as_version=4)
     streams = [
@@ -462,7 +462,13 @@ def test_math_becomes_mathml_outside_code_and_prices():
 
 
 @pytest.mark.parametrize(
-    "tex", [r"\arg\max_m \alpha^x_m", r"\big(\arg\max \alpha\big) \in Z", r"\lVert h_t(x) - f(h_s(x)) \rVert^2"]
+    "tex",
+    [
+        r"\arg\max_m \alpha^x_m",
+        r"\big(\arg\max \alpha\big) \in Z",
+        r"\lVert h_t(x) - f(h_s(x)) \rVert^2",
+        r"\sum_{x} \Big\lVert h_t(x) - E\big(h_s(x)\big) \Big\rVert_2^2",
+    ],
 )
 def test_math_the_converter_cannot_spell_is_rewritten(tex):
     converted = render.math_to_mathml(f"${tex}$")
@@ -488,7 +494,7 @@ def test_glance_reads_verdicts_in_either_layout(tmp_path):
     )
     assert glance.misses({}, tmp_path) == [
         "claims: claim “Student < RD” does not hold (BPR HR@5)",
-        "main_vs_paper: BPR RD HR@5 — ours 0.4428 vs paper 0.4533 (-2.3 %)",
+        "main_vs_paper: BPR RD HR@5 (not) — ours 0.4428 vs paper 0.4533 (-2.3 %)",
     ]
 
 
@@ -504,3 +510,18 @@ def test_progress_turns_fit_lines_into_console_lines():
 def test_papermill_errors_show_the_kernels_exception():
     exc = papermill.PapermillExecutionError(3, 5, "raise ValueError", "ValueError", "bad thing", ["tb"])
     assert execute.error_text(exc) == "ValueError: bad thing (cell 5)"
+
+
+def test_a_plus_that_continues_a_sentence_is_no_bullet():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("IR-RRD (RRD\n+ IR) beats RRD.\n\n- a real bullet")]
+    render.MathToMathML().preprocess(nb, {})
+    assert nb.cells[0].source == "IR-RRD (RRD\n\\+ IR) beats RRD.\n\n- a real bullet"
+
+
+def test_a_displayed_dict_becomes_a_table_and_word_cells_align_left():
+    table = render._dict_table("{'device': 'cpu',\n 'torch_threads': 1}")
+    assert table.count("<tr>") == 2 and "<th class='t'>device</th><td class='t'>cpu</td>" in table
+    assert render._dict_table("[1, 2]") is None and render._dict_table("Interactions('x', users=3)") is None
+    cells = render._align_text_cells('<td>0.1234</td><td>loo_full</td><td class="data col1">BPR</td><td>–</td>')
+    assert cells == '<td>0.1234</td><td class="t">loo_full</td><td class="t data col1">BPR</td><td>–</td>'

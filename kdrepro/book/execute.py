@@ -358,7 +358,7 @@ def _fallback_notebook(job: Job, executed: Path, error: str) -> None:
 class Context:
     reports_dir: Path
     run_dir: Path
-    stems: list[str]
+    stems: list[str]  # the chapters pages link to (previous / next): published or in this run
     profile: str
     kernel: str
     code: str
@@ -561,7 +561,7 @@ def run(
         ctx = Context(
             reports_dir=reports_dir,
             run_dir=run_dir,
-            stems=stems,
+            stems=[s for s in stems if s in {job.stem for job in jobs} or (reports_dir / f"{s}.html").exists()],
             profile=profile,
             kernel=kernel,
             code=provenance.code_hash(),
@@ -621,6 +621,7 @@ def render_only(
     notebooks_dir, reports_dir = Path(notebooks_dir).resolve(), Path(reports_dir).resolve()
     stems = discover(notebooks_dir)
     chosen = select(stems, only)
+    published = [s for s in stems if (reports_dir / s / f"{s}.ipynb").is_file() or (reports_dir / f"{s}.html").exists()]
     manifests = []
     with reports_lock(reports_dir):
         recover(reports_dir, log)
@@ -631,7 +632,8 @@ def render_only(
             if manifest is None or not executed.is_file():
                 log(f"[{stem}] no published report to re-render (needs {stem}/manifest.json and {stem}/{stem}.ipynb)")
                 continue
-            write_page(reports_dir / f"{stem}.html", nbformat.read(executed, as_version=4), manifest, folder, stems)
+            page = reports_dir / f"{stem}.html"
+            write_page(page, nbformat.read(executed, as_version=4), manifest, folder, published)
             make_readable(folder)
             manifests.append(manifest)
             log(f"[{stem}] re-rendered from {stem}/{stem}.ipynb (run of {manifest.get('started')})")

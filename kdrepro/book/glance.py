@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pandas as pd
+
+from kdrepro.book.params import cell_source, parameters_cell, parse_parameters
 
 VERDICT_KINDS = ("cells", "gains", "claims")
 SHOWN_MISSES = 10
@@ -80,10 +83,12 @@ def _label(row: Mapping, keys: tuple[str, ...]) -> str:
 
 
 def _recorded_miss(miss: Any) -> str:
-    if isinstance(miss, Mapping):
-        what = str(miss.get("what", miss))
-        return f"{what} — {miss['why']}" if miss.get("why") else what
-    return str(miss)
+    if not isinstance(miss, Mapping):
+        return str(miss)
+    where = f"{miss['table']}: " if miss.get("table") else ""
+    verdict = f" ({miss['kind']} {miss['verdict']})" if miss.get("kind") and miss.get("verdict") else ""
+    why = f" — {miss['why']}" if miss.get("why") else ""
+    return f"{where}{miss.get('what', '')}{verdict}{why}"
 
 
 def misses(metrics: Mapping[str, Any], folder: Path | None) -> list[str]:
@@ -101,10 +106,10 @@ def misses(metrics: Mapping[str, Any], folder: Path | None) -> list[str]:
             continue
         why = next((c for c in ("why", "explanation", "note") if c in table), None)
         if "verdict" in table and {"paper", "ours_mean"} <= set(table.columns):
-            for row in table[table["verdict"] == "not"].to_dict("records"):
+            for row in table[table["verdict"].isin(["not", "partially"])].to_dict("records"):
                 line = (
-                    f"{path.stem}: {_label(row, ('protocol', 'base', 'probe', 'method', 'metric'))} — ours "
-                    f"{row['ours_mean']:.4f} vs paper {row['paper']:.4f}{_pct(row.get('rel_delta'))}"
+                    f"{path.stem}: {_label(row, ('protocol', 'base', 'probe', 'method', 'metric'))} ({row['verdict']})"
+                    f" — ours {row['ours_mean']:.4f} vs paper {row['paper']:.4f}{_pct(row.get('rel_delta'))}"
                 )
                 lines.append(line + (f"; {row[why]}" if why and pd.notna(row.get(why)) else ""))
         holds = next((c for c in ("ours_holds", "holds") if c in table), None)
@@ -132,16 +137,29 @@ def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def overrides_text(manifest: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """``[(set by, name, value)]`` of every value that differs from the notebook's own."""
+def overrides_text(
+    manifest: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """``{set by: [(name, value)]}`` of every override (``-p`` first, then the profile), without the
+    profile's entries that equal the notebook's own value when ``defaults`` (its parameters) are given."""
     overrides = manifest.get("overrides", {})
-    rows = [("-p", k, _value(v)) for k, v in overrides.get("cli", {}).items()]
-    rows += [
-        (f"profile {manifest.get('profile', '?')}", k, _value(v))
+    cli = overrides.get("cli", {})
+    groups = {"-p (command line)": [(k, _value(v)) for k, v in cli.items()]}
+    groups[f"profile {manifest.get('profile', '?')}"] = [
+        (k, _value(v))
         for k, v in overrides.get("profile", {}).items()
-        if k not in overrides.get("cli", {})
+        if k not in cli and (defaults is None or k not in defaults or defaults[k] != v)
     ]
-    return rows
+    return {by: rows for by, rows in groups.items() if rows}
+
+
+def notebook_defaults(folder: Path) -> dict[str, Any] | None:
+    """The parameters cell of the stored executed notebook (``<stem>/<stem>.ipynb``), or None."""
+    path = folder / f"{folder.name}.ipynb"
+    if not path.is_file():
+        return None
+    cell = parameters_cell(nbformat.read(path, as_version=4))
+    return {n: p.value for n, p in parse_parameters(cell_source(cell)).items()} if cell else None
 
 
 def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -163,20 +181,27 @@ def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def card_html(manifest: Mapping[str, Any], metrics: Mapping[str, Any], folder: Path | None) -> str:
+def card_html(
+    manifest: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    folder: Path | None,
+    defaults: Mapping[str, Any] | None = None,
+) -> str:
     """The "results at a glance" block on top of a chapter page (HTML)."""
     stem = manifest["stem"]
     run = {k: html.escape(v) for k, v in run_summary(manifest).items()}
     counts = verdict_counts(metrics)
     lines = misses(metrics, folder)
-    overrides = overrides_text(manifest)
+    overrides = overrides_text(manifest, defaults)
     override_html = (
         "".join(
-            f"<li><code>{html.escape(n)} = {html.escape(v)}</code> <span class='by'>({html.escape(by)})</span></li>"
-            for by, n, v in overrides
+            f"<li><span class='by'>{html.escape(by)}:</span> "
+            + " · ".join(f"<code>{html.escape(n)} = {html.escape(v)}</code>" for n, v in rows)
+            + "</li>"
+            for by, rows in overrides.items()
         )
         if overrides
-        else "<li>none: the notebook's own values</li>"
+        else "<li>none: every value is the notebook's own</li>"
     )
     shown, rest = lines[:SHOWN_MISSES], lines[SHOWN_MISSES:]
     miss_html = "".join(f"<li>{html.escape(line)}</li>" for line in shown) or "<li>none</li>"

@@ -4,6 +4,7 @@ counts, misses and headline, rendered from ``templates/index.html.j2``."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,15 +40,17 @@ def chapter_row(reports_dir: Path, stem: str) -> dict:
     return {
         "stem": stem,
         "number": stem[:2],
-        "title": manifest.get("title") or stem,
+        "title": re.sub(rf"^{stem[:2]}\s*·\s*", "", manifest.get("title") or stem),
         "href": f"{stem}.html" if (reports_dir / f"{stem}.html").exists() else None,
         "has_manifest": bool(manifest),
         "run": glance.run_summary(manifest) if manifest else None,
-        "overrides": glance.overrides_text(manifest) if manifest else [],
+        "overrides": glance.overrides_text(manifest, glance.notebook_defaults(folder)) if manifest else {},
         "error": (manifest.get("error") or "").splitlines()[0][:400] if manifest.get("error") else "",
         "verdicts": glance.verdict_counts(metrics) if manifest else {},
         "misses": misses,
-        "headline": [(k, _headline(v)) for k, v in (manifest.get("headline") or {}).items()],
+        "headline": [
+            (k, _headline(v)) for k, v in (manifest.get("headline") or {}).items() if not k.startswith("verdicts")
+        ],
         "later_failure": later_failure,
     }
 

@@ -17,6 +17,7 @@ import psutil
 import torch
 
 from kdrepro import data
+from kdrepro.store import code_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
@@ -70,19 +71,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def code_hash(root: Path = ROOT) -> str:
-    """sha256 over the package's sources and data files (what a notebook's results depend on)."""
-    digest = hashlib.sha256()
-    package = root / "kdrepro"
-    files = sorted(
-        p
-        for p in package.rglob("*")
-        if p.is_file() and p.suffix in (".py", ".csv") and "__pycache__" not in p.parts and "book" not in p.parts
-    )
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def code_hash() -> str:
+    """The package's code digest (kdrepro.store.code_digest), the runner's own folder left out."""
+    return code_digest(exclude=("book",))
 
 
 _DATASETS: dict[tuple, dict] = {}

@@ -16,6 +16,7 @@ The template (``templates/kdrepro``) hides code in a collapsible ``<details>`` p
 
 from __future__ import annotations
 
+import ast
 import html
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from nbconvert.preprocessors import CoalesceStreamsPreprocessor, Preprocessor
 
 from kdrepro import report
 from kdrepro.book import glance
+from kdrepro.book.params import cell_source, parameters_cell, parse_parameters
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "kdrepro"
@@ -133,7 +135,7 @@ _TEX_SPELLINGS = (
     (re.compile(r"\\arg\s*\\(max|min)"), r"\\operatorname*{arg\\,\1}"),
     (re.compile(r"\\arg(?![a-zA-Z])"), r"\\mathrm{arg}\\,"),
     (re.compile(r"\\operatorname\*?\{([^}]*)\}"), r"\\mathrm{\1}\\,"),
-    (re.compile(r"\\(big|Big|bigg|Bigg)(?=[()\[\]|.]|\\[{}|])"), ""),
+    (re.compile(r"\\(big|Big|bigg|Bigg)[lr]?(?=[()\[\]|.]|\\[a-zA-Z{}|])"), ""),
 )
 
 
@@ -160,10 +162,17 @@ def math_to_mathml(markdown: str) -> str:
     return "".join(parts)
 
 
+# A line starting "+ " right after a paragraph line continues the sentence ("… (DE-RRD\n+ IR) is …");
+# markdown would start a bullet list there. Notebooks write their lists with "- ".
+_PLUS_CONTINUATION = re.compile(r"(?<=[^\n])\n\+ ")
+
+
 class MathToMathML(Preprocessor):
+    """Markdown cells: formulas as MathML, a "+" that continues a sentence kept in its paragraph."""
+
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "markdown":
-            cell.source = math_to_mathml(cell.source)
+            cell.source = math_to_mathml(_PLUS_CONTINUATION.sub("\n\\+ ", cell.source))
         return cell, resources
 
 
@@ -183,17 +192,19 @@ def _plain(markdown: str) -> str:
     return re.sub(r"[`*_]", "", markdown).strip()
 
 
-def _rebuilt_view(source: str, folder: Path | None) -> str | None:
+def _rebuilt_view(source: str, folder: Path | None, caption: str) -> str | None:
     """HTML of a paper-vs-ours (or ranked) view rebuilt from ``tables/<name>.csv``, or None."""
     match = _SHOW.search(source)
     if folder is None or match is None:
         return None
-    view = next((f for name, f in VIEWS.items() if f"report.{name}(" in source), None)
+    name = next((name for name in VIEWS if f"report.{name}(" in source), None)
     path = folder / "tables" / f"{match['name']}.csv"
-    if view is None or not path.is_file():
+    if name is None or not path.is_file():
         return None
+    table = pd.read_csv(path)
     try:
-        return view(pd.read_csv(path)).to_html()
+        view = VIEWS[name](table, caption=caption) if name == "paper_vs_ours_view" else VIEWS[name](table)
+        return view.to_html()
     except (KeyError, ValueError, TypeError):  # an older table layout: keep the stored output
         return None
 
@@ -232,19 +243,66 @@ class ChapterPage(Preprocessor):
 
     @staticmethod
     def _outputs(cell, section: str, folder: Path | None) -> None:
-        rebuilt = _rebuilt_view(cell.source, folder)
+        rebuilt = _rebuilt_view(cell.source, folder, section)
         figure = _FIGURE.search(cell.source)
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             if rebuilt is not None and "text/html" in data:
                 data["text/html"] = rebuilt
                 rebuilt = None
+            if set(data) == {"text/plain"}:
+                table = _dict_table(data["text/plain"])
+                if table:
+                    data["text/html"] = table
+            if "text/html" in data:
+                data["text/html"] = _align_text_cells(data["text/html"])
             if "image/png" in data:
                 name = figure["name"].replace("_", " ") if figure else "figure"
                 meta = out.setdefault("metadata", {}).setdefault("image/png", {})
-                meta["alt"] = f"Figure ({name}) of section “{section}”: plotted results, also in the tables above"
-                meta["caption"] = f"{section}" + (f" — saved as figures/{figure['name']}.png" if figure else "")
+                meta["alt"] = f"Plot “{name}” of section “{section}”; its numbers are in the section's tables"
+                meta["caption"] = f"Figure: {name} — {section}" + (
+                    f" (figures/{figure['name']}.png)" if figure else ""
+                )
         cell.metadata["kdrepro_section"] = section
+
+
+def _dict_table(text: str) -> str | None:
+    """A displayed dict of plain values (``{'device': 'cpu', …}``) as a two-column table, else None."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(isinstance(v, str | int | float | bool) for v in value.values())
+    ):
+        return None
+    rows = "".join(
+        f"<tr><th class='t'>{html.escape(str(k))}</th><td class='t'>{html.escape(str(v))}</td></tr>"
+        for k, v in value.items()
+    )
+    return f"<table class='kv'>{rows}</table>"
+
+
+_TD = re.compile(r"<td([^>]*)>(.*?)</td>", re.S)
+_NUMBER = re.compile(r"^\s*([-+−]?[\d.,]+\s*(%|±|s|MiB|\(|$)|[–-]?\s*$|(True|False)\s*$)")
+
+
+def _align_text_cells(markup: str) -> str:
+    """Cells holding words (not numbers) left-aligned: class ``t`` (numbers stay right-aligned)."""
+
+    def cell(match: re.Match) -> str:
+        attrs, content = match.groups()
+        text = html.unescape(re.sub(r"<[^>]+>", "", content))
+        if _NUMBER.match(text):
+            return match.group(0)
+        if 'class="' in attrs:
+            classes = attrs.replace('class="', 'class="t ', 1)
+            return f"<td{classes}>{content}</td>"
+        return f'<td class="t"{attrs}>{content}</td>'
+
+    return _TD.sub(cell, markup)
 
 
 def _toc(body: str) -> str:
@@ -253,7 +311,7 @@ def _toc(body: str) -> str:
     links = "".join(
         f'<li><a href="#{anchor}">{re.sub(r"<[^>]+>", "", text).strip()}</a></li>' for anchor, text in items
     )
-    return f'<nav class="toc" aria-label="contents"><b>Contents</b><ol>{links}</ol></nav>' if links else ""
+    return f'<nav class="toc" aria-label="contents"><b>Contents</b><ul>{links}</ul></nav>' if links else ""
 
 
 def exporter() -> HTMLExporter:
@@ -274,7 +332,9 @@ def render(nb, manifest: Mapping[str, Any], *, folder: Path | None, nav: Mapping
     ``folder``: the chapter's results (tables/*.csv, metrics.json) the card and rebuilt views read.
     """
     metrics = glance.read_json(folder / "metrics.json") if folder else None
-    card = glance.card_html(manifest, metrics or {}, folder)
+    cell = parameters_cell(nb)
+    defaults = {n: p.value for n, p in parse_parameters(cell_source(cell)).items()} if cell else {}
+    card = glance.card_html(manifest, metrics or {}, folder, defaults)
     resources = {
         "metadata": {"name": manifest.get("title") or manifest["stem"]},
         "kdrepro": {

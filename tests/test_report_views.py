@@ -1,0 +1,128 @@
+"""Display views and figure helpers of kdrepro.report: readable paper-vs-ours tables, "not run in this
+profile" instead of a one-point figure, one colour scale for compared heatmaps, axis labels in words."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdrepro import report
+
+
+def comparison(metrics, methods=("Teacher", "Student", "RRD"), protocols=("loo_sampled",)) -> pd.DataFrame:
+    rows = []
+    for protocol in protocols:
+        for method in methods:
+            for i, metric in enumerate(metrics):
+                paper = 0.40 + 0.01 * i
+                ours = paper * (1.02 if method != "RRD" else 0.80)
+                rows.append(
+                    {
+                        "dataset": "CiteULike",
+                        "protocol": protocol,
+                        "base": "BPR",
+                        "method": method,
+                        "metric": metric,
+                        "paper": paper,
+                        "ours_mean": ours,
+                        "ours_std": 0.001,
+                        "n_seeds": 3,
+                        "rel_delta": ours / paper - 1,
+                        "verdict": "reproduced" if method != "RRD" else "not",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r"<tr>(.*?)</tr>", html, re.S)
+
+
+def test_paper_vs_ours_has_one_row_per_method_and_metrics_as_column_groups():
+    view = report.paper_vs_ours_view(comparison(["HR@5", "NDCG@5"]))
+    assert len(view.parts) == 1
+    html = view.to_html()
+    body = [r for r in _rows(html) if "<td" in r]
+    assert len(body) == 3, "one row per method"
+    assert html.count('colspan="3"') == 2, "one group of three columns (ours, paper, Δ) per metric"
+    assert "CiteULike · loo_sampled · BPR" in html, "keys constant over the table move to the caption"
+    assert "−" not in html and "-20.0 % ✗" in html and "+2.0 % ✓" in html
+    assert "0.4080<br><small>± 0.0010</small>" in html
+
+
+def test_many_metrics_are_split_by_cutoff_and_protocols_get_a_table_each():
+    metrics = [f"{m}@{k}" for k in (5, 10, 20) for m in ("HR", "MRR", "NDCG")]
+    view = report.paper_vs_ours_view(comparison(metrics, protocols=("loo_sampled", "loo_full")))
+    assert len(view.parts) == 6
+    for part in view.parts:
+        assert len(part.columns) <= 3 * report.MAX_METRICS_PER_TABLE
+
+
+def test_one_variant_design_table_is_not_run():
+    table = pd.DataFrame(
+        {
+            "base": ["BPR"],
+            "variant": ["DE"],
+            "metric": ["HR@5"],
+            "ours_mean": [0.4],
+            "ours_std": [np.nan],
+            "ours_rank": [1],
+            "paper": [0.5],
+            "paper_rank": [1],
+        }
+    )
+    assert isinstance(report.ranked_view(table), report.NotRun)
+
+
+def test_a_sweep_with_one_point_is_not_drawn():
+    results = pd.DataFrame(
+        {
+            "method": ["DE", "DE"],
+            "base": ["bpr", "bpr"],
+            "phi": [0.1, 0.1],
+            "metric": ["HR@5", "NDCG@5"],
+            "value": [0.4, 0.3],
+        }
+    )
+    shown = report.sweep_plot(results, "phi")
+    assert isinstance(shown, report.NotRun) and "not run in this profile" in shown.to_html().lower()
+    assert "phi" in shown.what and "1" in shown.what
+
+
+def test_crowded_sweep_ticks_go_to_a_log_scale():
+    results = pd.DataFrame(
+        {"method": "DE", "base": "bpr", "phi": [0.05, 0.1, 0.5, 1.0], "metric": "HR@5", "value": [0.3, 0.35, 0.4, 0.45]}
+    )
+    fig = report.sweep_plot(results, "phi", ["HR@5"])
+    assert fig.axes[0].get_xscale() == "log"
+
+
+def test_recorder_shows_not_run_without_saving(tmp_path):
+    recorder = report.RunRecorder(tmp_path)
+    shown = recorder.figure("sweep", report.NotRun("nothing"))
+    assert isinstance(shown, report.NotRun) and not (tmp_path / "figures").exists()
+
+
+def test_compared_heatmaps_share_one_colour_scale():
+    a = pd.DataFrame([[0.1, 0.2], [0.3, 0.4]])
+    b = pd.DataFrame([[0.5, 0.6], [0.7, 0.9]])
+    fig = report.heatmaps({"ours: BPR, HR@5": a, "paper: BPR, HR@5": b})
+    limits = {ax.collections[0].get_clim() for ax in fig.axes if ax.get_title()}
+    assert limits == {(0.1, 0.9)}
+    different = report.heatmaps({"loo_full Recall@50": a, "loo_sampled NDCG@10": b})
+    assert len({ax.collections[0].get_clim() for ax in different.axes if ax.get_title()}) == 2
+
+
+def test_single_cell_heatmaps_are_not_run():
+    assert isinstance(report.heatmaps({"x HR@5": pd.DataFrame([[0.1]])}), report.NotRun)
+
+
+@pytest.mark.parametrize(
+    "column, label",
+    [("valid/NDCG@10", "validation NDCG@10"), ("loss/rrd", "loss: rrd"), ("HR@5", "HR@5"), ("kl_mean", "kl mean")],
+)
+def test_history_columns_become_words(column, label):
+    assert report.axis_label(column) == label
