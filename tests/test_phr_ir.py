@@ -10,7 +10,7 @@ import torch
 from kdrepro import data, splits, teachers
 from kdrepro.distill import Combined
 from kdrepro.distill.ir import IR, IRConfig, item_side_scores
-from kdrepro.distill.phr import PHR, PHRConfig, bridge_outputs, neighbour_means, phr_loss
+from kdrepro.distill.phr import PHR, PHRConfig, bridge_outputs, enrich, neighbour_means, phr_loss
 from kdrepro.distill.rrd import RRD, RRDConfig
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
@@ -158,6 +158,13 @@ def test_bridge_outputs_equal_the_explicit_bridges(num_terms):
         torch.testing.assert_close(mine, theirs)
 
 
+def test_enrich_averages_own_and_neighbour_mean_by_hand():
+    own = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    neighbours = torch.tensor([[0.0, 4.0], [0.0, 0.0]])  # entity 1 has no training neighbours
+    enriched = enrich(own, neighbours, torch.tensor([3, 0]))
+    torch.testing.assert_close(enriched, torch.tensor([[1.0, 2.0], [1.0, 1.0]]))
+
+
 def test_neighbour_means():
     rows, cols = torch.tensor([0, 0, 2]), torch.tensor([1, 2, 0])
     col_repr = torch.tensor([[1.0, 0.0], [2.0, 4.0], [0.0, 2.0]])
@@ -183,13 +190,13 @@ def test_phr_lower_when_the_student_agrees(split, teacher):
 def test_phr_architecture_and_bridges(split, teacher):
     method = make("phr", split, teacher, phr={"hidden": 5})
     network = method.networks["item"]
-    assert network.weight.shape == (2 * TEACHER_DIM, 5)  # enriched input: [h_t; neighbour mean]
+    assert network.weight.shape == (TEACHER_DIM, 5)  # enriched input: (h_t + neighbour mean) / 2
     assert network.basis.shape == (6, TEACHER_DIM, STUDENT_DIM)  # Θ_0 and one bridge per hidden unit
-    # The input of each item holds the mean teacher representation of its training users.
+    # The input of each item: its teacher representation averaged with the mean of its training users'.
     train_users, train_items = split.train_tensors()
     item = int(train_items[0])
-    expected = teacher.user_repr[train_users[train_items == item]].mean(0)
-    torch.testing.assert_close(method.item_input[item, TEACHER_DIM:], expected)
+    expected = (teacher.item_repr[item] + teacher.user_repr[train_users[train_items == item]].mean(0)) / 2
+    torch.testing.assert_close(method.item_input[item], expected)
     # Bridges start near the shared Θ_0 (small-initialised output weights) but differ per entity.
     bridges = method.bridges("item", torch.arange(20))
     assert bridges.shape == (20, TEACHER_DIM, STUDENT_DIM)
@@ -202,11 +209,13 @@ def test_phr_architecture_and_bridges(split, teacher):
     reconstruction = torch.bmm(theta, model.user_repr(users).unsqueeze(2)).squeeze(2)
     by_bridges = ((method.user_repr[users] - reconstruction) ** 2).sum()
     torch.testing.assert_close(method.side_loss("user", users, model.user_repr(users)), by_bridges)
-    # hidden=None: HyperKDMA's width (d_t + d_t·d_s) / 2; without enrichment the input is h_t alone.
-    assert make("phr", split, teacher).networks["user"].basis.shape[0] == PHRConfig().hidden + 1
-    plain = make("phr", split, teacher, phr={"enrich": False, "hidden": None})
+    # By default (hidden=None) HyperKDMA's width (d_t + d_t·d_s) / 2; without enrichment the input is h_t.
     default_hidden = (TEACHER_DIM + TEACHER_DIM * STUDENT_DIM) // 2
-    assert plain.networks["user"].weight.shape == (TEACHER_DIM, default_hidden)
+    assert PHRConfig().hidden is None
+    assert make("phr", split, teacher).networks["user"].basis.shape[0] == default_hidden + 1
+    plain = make("phr", split, teacher, phr={"enrich": False, "hidden": 7})
+    torch.testing.assert_close(plain.user_input, teacher.user_repr.float())
+    assert plain.networks["user"].weight.shape == (TEACHER_DIM, 7)
     with pytest.raises(ValueError):
         PHRConfig(hidden=0)
 

@@ -18,7 +18,8 @@ L_base + λ_RRD L_RRD + λ_IR L_IR: build it as ``"rrd+ir"`` through the registr
 separate method; :func:`kdrepro.distill.build` then points IR at RRD's own per-user draw
 (:meth:`IR.share_user_side`), so both terms cover the same sets, as in the authors' code. IR alone draws
 those sets itself with RRD's sampler (``rrd_*`` fields, RRD's defaults); its draws come first from the
-generator, exactly as RRD's do in IR-RRD, so the same seed gives IR alone and IR-RRD the same item sets. The listwise loss and the rank sampler are RRD's own
+generator, exactly as RRD's do in IR-RRD, so the same seed gives IR alone and IR-RRD the same item sets.
+The listwise loss and the rank sampler are RRD's own
 (:func:`~kdrepro.distill.rrd.relaxed_ranking_loss`,
 :func:`~kdrepro.distill.rrd.sample_interesting_positions`);
 uninteresting users come from :func:`~kdrepro.sampling.sample_outside` with the roles of users and

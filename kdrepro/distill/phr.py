@@ -12,7 +12,7 @@ own bridge from what the teacher knows about it. A personalization network P rea
 representation of x, enriched with the mean teacher representation of x's training neighbours (a user's
 items, an item's users), and outputs the parameters of a bias-free linear bridge d_s → d_t:
 
-    e_x = [h_t(x) ; mean_{y ∈ N(x)} h_t(y)]                  (2·d_t; precomputed once)
+    e_x = ( h_t(x) + mean_{y ∈ N(x)} h_t(y) ) / 2            (d_t; precomputed once)
     z_x = ReLU(W e_x + c)                                       (H hidden units)
     θ_x = reshape(A z_x + b) = Θ_0 + Σ_{h=1..H} z_{x,h} Θ_h     (d_t × d_s)
     L_PHR = Σ_x ‖h_t(x) − θ_x h_s(x)‖²
@@ -27,16 +27,16 @@ The loss covers the distinct users of the batch plus 0.5 × (distinct positive i
 items), with separate personalization networks for users and items, as DE; the total is
 L_base + λ_PHR L_PHR with λ_PHR = 0.01, DE's value (PHR is claimed to need no tuning).
 
-Architecture choices (the KBS paper's exact widths were not available here):
-- Input: concatenation [h_t(x); neighbour mean] (a linear first layer can still form their average,
-  the enrichment drawn in the paper's figure). ``enrich=False`` feeds h_t(x) alone (what the third-party
-  HyperKDMA code actually ran).
-- Hidden width H = 8 by default. PHR costs n·(H + 1)·d_s·d_t multiply-adds per pass over n entities,
-  unavoidably (each entity's bridge is an (H + 1)-term combination of d_t × d_s matrices), so H sets the
-  price: at 200 → 20 with ~2,600 entities per CiteULike batch, H = 8 is ~0.1 GMAC per batch (CPU
-  training), while HyperKDMA's description, H = (d_t + d_t·d_s) / 2 = 2100 (``hidden=None``), is ~22 GMAC
-  per batch: minutes per epoch on 2 CPU cores, a GPU setting. With H + 1 ≥ M, PHR's bridge family
-  contains DE's M linear bridges; H = 8 contains nine.
+Architecture (the KBS paper's exact widths were not available here; see METHODS.md §4):
+- Input: the paper's figure enriches the teacher representation with its neighbours' by averaging,
+  e_x = (h_t(x) + neighbour mean) / 2 (an earlier version of this suite concatenated the two).
+  ``enrich=False`` feeds h_t(x) alone (what the third-party HyperKDMA code actually ran).
+- Hidden width H: by default (``hidden=None``) HyperKDMA's description of the paper's network,
+  H = (d_t + d_t·d_s) / 2 — 2100 at 200 → 20. PHR costs n·(H + 1)·d_s·d_t multiply-adds per pass over n
+  entities, unavoidably (each entity's bridge is an (H + 1)-term combination of d_t × d_s matrices): at
+  H = 2100 with ~2,600 entities per CiteULike batch that is ~22 GMAC per batch forward, a GPU setting;
+  a CPU run passes a smaller H (chapter 02's ``PHR_HIDDEN`` states the one it used and its measured
+  epoch cost). With H + 1 ≥ M, PHR's bridge family contains DE's M linear bridges.
 - Initialisation: W, c and Θ_0 as ``nn.Linear`` (Θ_0 as a d_s → d_t layer); Θ_{1..H} as ``nn.Linear``
   scaled by ``output_init_scale`` = 0.01, so every bridge starts near the shared Θ_0 (a FitNet-like
   start) and personalisation grows from there, while the hidden layer still receives gradient.
@@ -67,8 +67,8 @@ ENTITIES = ("user", "item")
 @dataclass(frozen=True)
 class PHRConfig:
     lambda_phr: float = 0.01  # λ_PHR (DE's λ_DE: PHR is claimed to need no tuning)
-    hidden: int | None = 8  # H, hidden width of P; None → (d_t + d_t·d_s) // 2 (HyperKDMA's description)
-    enrich: bool = True  # e_x = [h_t(x); mean of h_t over x's training neighbours] (False: e_x = h_t(x))
+    hidden: int | None = None  # H, hidden width of P; None → (d_t + d_t·d_s) // 2 (HyperKDMA's description)
+    enrich: bool = True  # e_x = (h_t(x) + mean of h_t over x's training neighbours) / 2 (False: e_x = h_t(x))
     output_init_scale: float = 0.01  # Θ_1..Θ_H start at this fraction of nn.Linear's init: θ_x ≈ Θ_0 at first
     item_weight: float = 0.5  # weight of the item side: 0.5 × (distinct positives + distinct negatives)
 
@@ -121,6 +121,13 @@ def neighbour_means(
     return torch.sparse.mm(adjacency, col_repr) / degree
 
 
+def enrich(own: torch.Tensor, neighbours: torch.Tensor, degree: torch.Tensor) -> torch.Tensor:
+    """e_x = (h_t(x) + mean_{y ∈ N(x)} h_t(y)) / 2: the entity's teacher representation averaged with its
+    neighbours' mean, (n, d_t) from (n, d_t), (n, d_t) and the (n,) neighbour counts. An entity without
+    training neighbours (all its interactions held out) keeps its own representation."""
+    return torch.where(degree.unsqueeze(1) > 0, (own + neighbours) / 2, own)
+
+
 class PersonalizationNetwork(nn.Module):
     """P: e_x ↦ θ_x, an MLP e (d_in) → ReLU (H) → d_t·d_s whose output layer is the bridge basis.
 
@@ -160,12 +167,12 @@ class PHR(DistillLoss):
         hidden = config.hidden or (d_t + d_t * d_s) // 2
         user_repr, item_repr = teacher.user_repr.float(), teacher.item_repr.float()
         user_input, item_input = user_repr, item_repr
-        if config.enrich:  # [h_t(x); mean h_t of x's training neighbours], computed once
+        if config.enrich:  # (h_t(x) + mean h_t of x's training neighbours) / 2, computed once
             train_users, train_items = split.train_tensors()
-            user_input = torch.cat([user_repr, neighbour_means(train_users, train_items, split.num_users,
-                                                               item_repr)], dim=1)
-            item_input = torch.cat([item_repr, neighbour_means(train_items, train_users, split.num_items,
-                                                               user_repr)], dim=1)
+            user_input = enrich(user_repr, neighbour_means(train_users, train_items, split.num_users, item_repr),
+                                torch.bincount(train_users, minlength=split.num_users))
+            item_input = enrich(item_repr, neighbour_means(train_items, train_users, split.num_items, user_repr),
+                                torch.bincount(train_items, minlength=split.num_items))
         init = torch.Generator().manual_seed(seed)
         self.networks = nn.ModuleDict({
             entity: PersonalizationNetwork(user_input.shape[1], hidden, d_t, d_s, config.output_init_scale,
@@ -180,7 +187,7 @@ class PHR(DistillLoss):
     def side_loss(self, entity: str, ids: torch.Tensor, student_repr: torch.Tensor) -> torch.Tensor:
         """Σ_x ‖h_t(x) − θ_x h_s(x)‖² over the entities ``ids`` of one side."""
         inputs = (self.user_input if entity == "user" else self.item_input).index_select(0, ids)
-        teacher_repr = inputs[:, : self.user_repr.shape[1]]  # e_x starts with h_t(x): one gather serves both
+        teacher_repr = (self.user_repr if entity == "user" else self.item_repr).index_select(0, ids)
         network = self.networks[entity]
         return phr_loss(teacher_repr, student_repr, network.coefficients(inputs), network.basis)
 
