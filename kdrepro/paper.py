@@ -365,8 +365,9 @@ def claim_verdicts(
 ) -> pd.DataFrame:
     """Each pairwise claim on the means over seeds and seed by seed, with a verdict.
 
-    Per (``by`` groups present, metric, claim): both means, ``holds`` on the means, ``seeds_agree`` of
-    ``n_seeds`` (seeds on which it holds, method and reference of the same seed), and, given
+    Per (``by`` groups present, metric, claim): both means, ``rel_diff`` = (b − a) / a, ``per_seed_diff``
+    (b − a seed by seed: the teacher of seed s teaches both students of seed s, so they are paired), ``holds``
+    on the means, ``seeds_agree`` of ``n_seeds`` (seeds on which it holds), and, given
     ``paper_table``, whether the paper's own values satisfy it (``paper_holds``). Verdicts:
     ``reproduced`` — holds on the means and on every seed; ``partially`` — holds on the means or on at least
     half of the seeds, not both on all; ``not`` — otherwise.
@@ -401,6 +402,7 @@ def claim_verdicts(
                            "partially" if holds or (n and 2 * k >= n) else "not")
                 rows.append({**labels, "metric": metric, "claim": f"{a} {op} {b}", "a_mean": a_mean,
                              "b_mean": b_mean, "rel_diff": (b_mean - a_mean) / a_mean if a_mean else np.nan,
+                             "per_seed_diff": ", ".join(f"{d:+.4f}" for d in paired[b] - paired[a]),
                              "holds": holds, "seeds_agree": k, "n_seeds": n, "paper_holds": paper_holds,
                              "verdict": verdict})
     return pd.DataFrame(rows)

@@ -93,3 +93,17 @@ def test_chapter_verdicts_sum_the_tables_and_list_every_miss():
     assert chapter["verdicts"]["claims"] == {"reproduced": 4, "partially": 0, "not": 1}
     assert chapter["verdicts"]["tables"]["b"]["cells"] == {"reproduced": 1, "partially": 0, "not": 3}
     assert [m["what"] for m in chapter["misses"]] == ["x", "z"]
+
+
+def test_matches_or_beats_uses_the_tolerance_and_unknown_names_are_skipped():
+    rows = [("DE", 0, 0.30), ("DE", 1, 0.32), ("PHR", 0, 0.31), ("PHR", 1, 0.318)]
+    results = pd.DataFrame([{"dataset": "citeulike-t", "protocol": "p", "base": "bpr", "method": m, "seed": s,
+                             "metric": "HR@5", "value": v} for m, s, v in rows])
+    table = paper.claim_verdicts(results, ["DE ≤ PHR", "DE < PHR", "PHR < Missing"], ["HR@5", "HR@10"],
+                                 tolerance=0.01)
+    assert list(table["claim"]) == ["DE ≤ PHR", "DE < PHR"]  # unknown methods and metrics are skipped
+    match, beat = table.iloc[0], table.iloc[1]
+    assert match["per_seed_diff"] == "+0.0100, -0.0020"
+    # seed 1: 0.318 >= 0.32 * 0.99 = 0.3168 (matches) but not > 0.32 (does not beat)
+    assert (match["seeds_agree"], beat["seeds_agree"], match["n_seeds"]) == (2, 1, 2)
+    assert (match["verdict"], beat["verdict"]) == ("reproduced", "partially")
