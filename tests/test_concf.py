@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdrepro import data, splits
+from kdrepro import concf_analysis, data, splits
 from kdrepro.distill.concf import (
     ConCF,
     ConCFConfig,
@@ -189,3 +189,16 @@ def test_validation_from_rankings_matches_evaluate(split):
     # consensus scores tie often (an item at rank r of one head only scores like another at rank r of
     # another head only): top-60 and top-50 selections may order such ties differently
     assert {k: row[f"consensus/{k}"] for k in consensus} == pytest.approx(consensus, abs=0.01)
+
+
+def test_one_pass_core_filter_by_hand():
+    # user 0: items 0, 1 · user 1: items 0, 3 · user 2: items 1, 0 — item 3 has one interaction
+    users, items = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 3, 1, 0])
+    toy = data.Interactions("toy", users, items, 3, 4, np.array([10, 11, 12]), np.array([20, 21, 22, 23]), "sha")
+    kept = concf_analysis.core_filter(toy, 2)
+    # one pass drops (1, 3) only: user 1 keeps a single interaction (an iterated 2-core would drop it too)
+    assert (kept.num_users, kept.num_items, kept.num_interactions) == (3, 2, 5)
+    assert kept.raw_user_ids.tolist() == [10, 11, 12] and kept.raw_item_ids.tolist() == [20, 21]
+    assert kept.sha256 != toy.sha256 and concf_analysis.core_filter(toy, 0) is toy
+    with pytest.raises(ValueError, match="survives"):
+        concf_analysis.core_filter(toy, 4)

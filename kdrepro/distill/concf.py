@@ -230,6 +230,13 @@ class ConsensusScorer(Recommender):
                                 self.temperature, 0.0)
 
 
+def _take(rows: torch.Tensor, index: torch.Tensor, shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
+    """``rows[index]`` (viewed as ``shape`` × width) by ``index_select``, whose backward (one ``index_add``) is
+    ~1.5x faster on CPU than advanced indexing's accumulate."""
+    taken = rows.index_select(0, index.reshape(-1))
+    return taken.view(*(index.shape if shape is None else shape), rows.shape[-1])
+
+
 @dataclass
 class _BatchIds:
     """The ids one batch gathers: pairwise heads' distinct users/items (with the inverse maps, pairs first,
@@ -376,8 +383,8 @@ class ConCF(nn.Module):
             loss = multinomial_loss(branch.score_matrix(item_out, user_out), ids.item_targets)
             if cl_items is None:
                 return loss, None
-            cl_item_out = branch(self._rows(item_table, ids.cl_unique_items, index))[ids.cl_item_index]
-            return loss, consensus_learning_loss(branch.scores(user_out[ids.cl_users], cl_item_out), k)
+            cl_item_out = _take(branch(self._rows(item_table, ids.cl_unique_items, index)), ids.cl_item_index)
+            return loss, consensus_learning_loss(branch.scores(_take(user_out, ids.cl_users), cl_item_out), k)
         if kind == "user":
             user_out = branch(self._rows(user_table, ids.user_chunk_and_cl, index))
             item_out = branch(self._rows(item_table, None, index))
@@ -385,18 +392,18 @@ class ConCF(nn.Module):
             loss = multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), ids.user_targets)
             if cl_items is None:
                 return loss, None
-            return loss, consensus_learning_loss(branch.scores(user_out[chunk:], item_out[cl_items]), k)
+            return loss, consensus_learning_loss(branch.scores(user_out[chunk:], _take(item_out, cl_items)), k)
         user_out = branch(self._rows(user_table, ids.users, index))
         item_out = branch(self._rows(item_table, ids.items, index))
         pairs = ids.pair_shape
         n_pairs = pairs[0] * pairs[1]
-        scores = branch.scores(user_out[ids.user_index[: pairs[0]]],
-                               item_out[ids.item_index[:n_pairs]].view(*pairs, -1))
+        scores = branch.scores(_take(user_out, ids.user_index[: pairs[0]]),
+                               _take(item_out, ids.item_index[:n_pairs], pairs))
         loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
         if cl_items is None:
             return loss, None
-        cl_scores = branch.scores(user_out[ids.user_index[pairs[0]:]],
-                                  item_out[ids.item_index[n_pairs:]].view(*cl_items.shape, -1))
+        cl_scores = branch.scores(_take(user_out, ids.user_index[pairs[0]:]),
+                                  _take(item_out, ids.item_index[n_pairs:], cl_items.shape))
         return loss, consensus_learning_loss(cl_scores, k)
 
     def _batch_ids(self, batch: Batch, learn_consensus: bool) -> _BatchIds:
