@@ -22,7 +22,10 @@ Speed: the mixture only evaluates the (entity, expert) pairs with a non-zero wei
 Gumbel-softmax underflows to exact zeros, so this is exact (a zero weight contributes nothing to the value
 nor to any gradient) and the cost falls from M experts per entity to about one. With the default schedule
 (M = 30, 1000 annealing epochs) every expert still runs on every entity up to epoch ~130 (τ ≈ 0.05), as in
-the authors' code; about 15 do at epoch 150, 2–3 at epoch 200 and one from epoch ~300 on.
+the authors' code; about 15 do at epoch 150, 2–3 at epoch 200 and one from epoch ~300 on. The kernels are
+in :mod:`kdrepro.distill._kernels`. Two approximations are config options, off by default (exact fp32):
+``precision="bf16"`` (the dense phase's products in bfloat16) and ``min_weight=ε`` (experts with s^x_m < ε
+skipped, which reaches the one-expert regime earlier).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from kdrepro.distill._kernels import bf16_supported, dense_mixture, sparse_mixture
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_noise, uniform_init
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from kdrepro.types import Batch, TeacherOutputs
 
 SELECTIONS = ("gumbel", "attention")
+PRECISIONS = ("fp32", "bf16")
 ENTITIES = ("user", "item")
 
 
@@ -53,9 +58,15 @@ class DEConfig:
     tau_end: float = 1e-10  # τ after annealing; τ_epoch = tau_end ** min(epoch / anneal_epochs, 1)
     anneal_epochs: int = 1000  # epochs over which τ goes from 1 to tau_end (authors: the maximum epochs)
     item_weight: float = 0.5  # weight of the item side: 0.5 × (distinct positives + distinct negatives)
+    # Speed options (approximations; the defaults are exact, see ExpertBank):
+    precision: str = "fp32"  # dense expert products: "fp32" (exact) | "bf16" (where the device has it)
+    min_weight: float = 0.0  # ε: experts whose selection weight s^x_m < ε are skipped (0: none)
 
     def __post_init__(self) -> None:
         check_choice("DEConfig.selection", self.selection, SELECTIONS)
+        check_choice("DEConfig.precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.min_weight < 1.0:
+            raise ValueError(f"DEConfig.min_weight must lie in [0, 1), got {self.min_weight}")
         check_positive(self, "num_experts", "tau_end", "anneal_epochs")
         if self.expert_hidden is not None and self.expert_hidden < 1:
             raise ValueError(f"DEConfig.expert_hidden must be positive or None, got {self.expert_hidden}")
@@ -80,73 +91,46 @@ class ExpertBank(nn.Module):
     """M two-layer experts E_m(h) = W2_m ReLU(W1_m h + b1_m) + b2_m, stored as stacked tensors.
 
     ``forward(h, selection)`` returns Σ_m s_m E_m(h) per row. While most weights are non-zero (τ near 1,
-    or attention) every expert runs on every row as two large matrix products (``mix_dense``); once the
+    or attention) every expert runs on every row (:func:`~kdrepro.distill._kernels.dense_mixture`); once the
     selection is sparse only the (row, expert) pairs with a non-zero weight are evaluated
-    (``mix_sparse``). Both are exact: a zero weight contributes nothing to the value nor to any gradient.
+    (:func:`~kdrepro.distill._kernels.sparse_mixture`). Both are exact: a zero weight contributes nothing to
+    the value nor to any gradient. Two approximations are options, off by default:
+
+    - ``precision="bf16"``: the dense mixture's products in bfloat16 with fp32 accumulation, on devices with
+      native bfloat16 products (others keep float32);
+    - ``min_weight=ε > 0``: weights below ε are set to 0 (those experts are skipped). A dropped expert's
+      term is s_m E_m(h) with s_m < ε, so the output and every gradient move by O(ε) per dropped pair.
     """
 
-    def __init__(self, num_experts: int, dims: tuple[int, int, int], generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        dims: tuple[int, int, int],
+        generator: torch.Generator,
+        precision: str = "fp32",
+        min_weight: float = 0.0,
+    ) -> None:
         super().__init__()
+        check_choice("precision", precision, PRECISIONS)
         d_in, hidden, d_out = dims
         self.w1 = uniform_init((num_experts, d_in, hidden), d_in, generator)
         self.b1 = uniform_init((num_experts, hidden), d_in, generator)
         self.w2 = uniform_init((num_experts, hidden, d_out), hidden, generator)
         self.b2 = uniform_init((num_experts, d_out), hidden, generator)
+        self.precision, self.min_weight = precision, min_weight
 
     def expert(self, m: int, h: torch.Tensor) -> torch.Tensor:
         """E_m(h) for every row of ``h`` (the plain definition; used to check ``forward``)."""
         return torch.relu(h @ self.w1[m] + self.b1[m]) @ self.w2[m] + self.b2[m]
 
     def forward(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
-        expert, row = selection.detach().t().nonzero(as_tuple=True)  # sorted by expert
-        if 2 * len(row) >= selection.numel():
-            return self.mix_dense(h, selection)
-        return self.mix_sparse(h, selection, row, expert)
-
-    def mix_dense(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
-        """Σ_m s_m E_m(h) with all experts side by side: ReLU(h W1_all) scaled by s, times the stacked W2."""
-        num_experts, d_in, hidden_dim = self.w1.shape
-        w1 = self.w1.transpose(0, 1).reshape(d_in, num_experts * hidden_dim)
-        hidden = torch.relu(torch.addmm(self.b1.reshape(-1), h, w1)).view(len(h), num_experts, hidden_dim)
-        scaled = (hidden * selection.unsqueeze(-1)).view(len(h), num_experts * hidden_dim)
-        return scaled @ self.w2.reshape(num_experts * hidden_dim, -1) + selection @ self.b2
-
-    def mix_sparse(
-        self, h: torch.Tensor, selection: torch.Tensor, row: torch.Tensor, expert: torch.Tensor
-    ) -> torch.Tensor:
-        """Σ_m s_m E_m(h) over the given non-zero (row, expert) pairs only, sorted by expert.
-
-        The pairs are laid out in padded chunks, each chunk belonging to one expert,
-        so that two batched matrix products serve every expert at once. Balanced groups get one chunk per
-        expert; when an expert takes more than twice the mean, groups are cut into chunks of the mean size
-        (each gathering its expert's weights), so the work stays within twice the number of pairs.
-        """
-        num_rows, num_experts = selection.shape
-        sizes = torch.bincount(expert, minlength=num_experts)
-        mean_size, largest = -(-len(row) // num_experts), int(sizes.max())
-        balanced = largest <= 2 * mean_size
-        chunk_size = largest if balanced else mean_size
-        chunks_per_expert = torch.ones_like(sizes) if balanced else -(-sizes // chunk_size)
-        first_chunk = chunks_per_expert.cumsum(0) - chunks_per_expert
-        rank = torch.arange(len(row), device=row.device) - (sizes.cumsum(0) - sizes)[expert]
-        chunk, slot = first_chunk[expert] + rank // chunk_size, rank % chunk_size
-        shape = (int(chunks_per_expert.sum()), chunk_size)
-        if balanced:
-            w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
-        else:
-            chunk_expert = torch.arange(num_experts, device=row.device).repeat_interleave(chunks_per_expert)
-            w1, b1 = self.w1[chunk_expert], self.b1[chunk_expert]
-            w2, b2 = self.w2[chunk_expert], self.b2[chunk_expert]
-        # Pair p sits at [chunk_p, slot_p]; empty slots hold zeros and point at a spare output row.
-        inputs = h.new_zeros(*shape, h.shape[1]).index_put((chunk, slot), h[row])
-        weights = selection.new_zeros(shape).index_put((chunk, slot), selection[row, expert])
-        target = torch.full(shape, num_rows, device=row.device).index_put((chunk, slot), row)
-        hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), inputs, w1))
-        # s_m E_m(h) with the output bias inside the chunk (not a dense selection @ b2 over all experts).
-        outputs = torch.baddbmm(b2.unsqueeze(1), hidden, w2) * weights.unsqueeze(-1)
-        mixed = h.new_zeros(num_rows + 1, outputs.shape[-1])
-        mixed = mixed.index_add(0, target.reshape(-1), outputs.flatten(0, 1))
-        return mixed[:num_rows]
+        if self.min_weight > 0:
+            selection = selection * (selection.detach() >= self.min_weight)
+        weights = (self.w1, self.b1, self.w2, self.b2)
+        if 2 * int(torch.count_nonzero(selection.detach())) >= selection.numel():
+            bf16 = self.precision == "bf16" and bf16_supported(h.device)
+            return dense_mixture(h, selection, *weights, torch.bfloat16 if bf16 else torch.float32)
+        return sparse_mixture(h, selection, *weights)
 
 
 class DE(DistillLoss):
@@ -162,7 +146,9 @@ class DE(DistillLoss):
         default_hidden = d_s // 2 if d_s == d_t else (d_s + d_t) // 2
         dims = (d_s, config.expert_hidden or default_hidden, d_t)
         init = torch.Generator().manual_seed(seed)
-        self.experts = nn.ModuleDict({e: ExpertBank(config.num_experts, dims, init) for e in ENTITIES})
+        self.experts = nn.ModuleDict({
+            e: ExpertBank(config.num_experts, dims, init, config.precision, config.min_weight) for e in ENTITIES
+        })
         # The selection networks Linear(d_t → M) + softmax, one per side.
         m = config.num_experts
         self.gate_weight = nn.ParameterDict({e: uniform_init((d_t, m), d_t, init) for e in ENTITIES})

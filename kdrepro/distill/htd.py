@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive
-from kdrepro.distill.de import DE, ENTITIES, DEConfig, ExpertBank, de_loss
+from kdrepro.distill.de import DE, ENTITIES, PRECISIONS, DEConfig, ExpertBank, de_loss
 from kdrepro.distill.ftd import cosine_matrix, topology_loss
 
 if TYPE_CHECKING:
@@ -94,11 +94,17 @@ class HTDConfig:
     anneal_epochs: int = 100  # epochs over which τ goes from 1 to tau_end (authors: the 100-epoch run)
     expert_hidden: int | None = None  # hidden width of each f_k; None → (d_s + d_t) // 2
     kmeans_iterations: int = 100  # at most, for assignment="kmeans"
+    # Speed options of L_GA's expert mixture (approximations; the defaults are exact, see de.ExpertBank):
+    precision: str = "fp32"  # "fp32" (exact) | "bf16" (bfloat16 products where the device has them)
+    min_weight: float = 0.0  # ε: experts whose Gumbel-softmax weight is below ε are skipped (0: none)
 
     def __post_init__(self) -> None:
         check_choice("HTDConfig.variant", self.variant, VARIANTS)
         check_choice("HTDConfig.assignment", self.assignment, ASSIGNMENTS)
         check_choice("HTDConfig.weighting", self.weighting, WEIGHTINGS)
+        check_choice("HTDConfig.precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.min_weight < 1.0:
+            raise ValueError(f"HTDConfig.min_weight must lie in [0, 1), got {self.min_weight}")
         check_positive(self, "lambda_td", "num_groups", "tau_end", "anneal_epochs", "kmeans_iterations")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"HTDConfig.gamma must lie in [0, 1], got {self.gamma}")
@@ -314,12 +320,13 @@ class HTD(DistillLoss):
         self.register_buffer("item_repr", teacher.item_repr, persistent=False)
         if config.assignment == "adaptive":
             de_config = DEConfig(num_experts=config.num_groups, expert_hidden=hidden, selection="gumbel",
-                                 tau_end=config.tau_end, anneal_epochs=config.anneal_epochs)
+                                 tau_end=config.tau_end, anneal_epochs=config.anneal_epochs,
+                                 precision=config.precision, min_weight=config.min_weight)
             self.de = DE(de_config, teacher, split, student_repr_dim, seed)
         else:
             init = torch.Generator().manual_seed(seed)
             self.experts = nn.ModuleDict(
-                {e: ExpertBank(config.num_groups, (d_s, hidden, d_t), init) for e in ENTITIES}
+                {e: ExpertBank(config.num_groups, (d_s, hidden, d_t), init, config.precision) for e in ENTITIES}
             )
             user_groups, _ = kmeans(teacher.user_repr, config.num_groups, init, config.kmeans_iterations)
             item_groups, _ = kmeans(teacher.item_repr, config.num_groups, init, config.kmeans_iterations)
