@@ -525,3 +525,31 @@ def test_a_displayed_dict_becomes_a_table_and_word_cells_align_left():
     assert render._dict_table("[1, 2]") is None and render._dict_table("Interactions('x', users=3)") is None
     cells = render._align_text_cells('<td>0.1234</td><td>loo_full</td><td class="data col1">BPR</td><td>–</td>')
     assert cells == '<td>0.1234</td><td class="t">loo_full</td><td class="t data col1">BPR</td><td>–</td>'
+
+
+def test_a_stored_one_point_sweep_figure_becomes_not_run():
+    nb = nbformat.v4.new_notebook()
+    fits = nbformat.v4.new_code_cell("lambdas = run()")
+    fits.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="[1/1] bpr-20 RRD lambda_rrd=0.001 seed 0: ok\n")
+    ]
+    figure = nbformat.v4.new_code_cell('recorder.figure("l", report.sweep_plot(lambdas.results, "lambda_rrd", M))')
+    figure.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<F>"})]
+    two = nbformat.v4.new_code_cell('recorder.figure("p", report.sweep_plot(sizes.results, "phi", M))')
+    two.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+    sizes = nbformat.v4.new_code_cell("sizes = run()")
+    sizes.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="[1/2] a phi=0.1 seed 0\n[2/2] a phi=1.0 seed 0\n")
+    ]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        fits,
+        figure,
+        nbformat.v4.new_markdown_cell("## next"),
+        sizes,
+        two,
+    ]
+    render.ChapterPage().preprocess(nb, {"kdrepro": {"card_html": ""}})
+    [shown] = nb.cells[3].outputs
+    assert "Not run in this profile" in shown.data["text/html"] and "lambda_rrd" in shown.data["text/html"]
+    assert "image/png" in nb.cells[-1].outputs[0].data, "a two-point sweep is still drawn"

@@ -95,7 +95,8 @@ def misses(metrics: Mapping[str, Any], folder: Path | None) -> list[str]:
     """One line per miss: a cell or gain judged "not", a claim that does not hold."""
     recorded = metrics.get("misses")
     if isinstance(recorded, list) and recorded:
-        return [_recorded_miss(m) for m in recorded]
+        ordered = sorted(recorded, key=lambda m: isinstance(m, Mapping) and m.get("verdict") == "partially")
+        return [_recorded_miss(m) for m in ordered]
     if folder is None or not (folder / "tables").is_dir():
         return []
     lines: list[str] = []
@@ -120,7 +121,7 @@ def misses(metrics: Mapping[str, Any], folder: Path | None) -> list[str]:
                     f"{path.stem}: claim “{row['claim']}” does not hold ({_label(row, ('protocol', 'base', 'metric'))})"
                 )
                 lines.append(line + (f"; {row[why]}" if why and pd.notna(row.get(why)) else ""))
-    return lines
+    return sorted(lines, key=lambda line: "(partially)" in line)  # the plain misses first
 
 
 def _counts_html(counts: dict[str, int] | None) -> str:

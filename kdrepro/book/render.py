@@ -209,6 +209,34 @@ def _rebuilt_view(source: str, folder: Path | None, caption: str) -> str | None:
         return None
 
 
+_FIT_SETTING = re.compile(r"^\[\d+/\d+\].*?\b(\w+)=(\S+)", re.M)
+_SWEEP_CALL = re.compile(r"sweep_plot\([^\n]*?,\s*[\"'](?P<x>\w+)[\"']")
+
+
+def _record_settings(cell, swept: dict[str, set[str]]) -> None:
+    """Collect the swept ``name=value`` of the library's fit lines ("[2/4] bpr-20 RRD lambda_rrd=0.01 …")."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            for line in out.text.splitlines():
+                for name, value in re.findall(r"\b(\w+)=(\S+)", line) if _FIT_SETTING.match(line) else ():
+                    swept.setdefault(name, set()).add(value)
+
+
+def _one_point_sweep(cell, swept: dict[str, set[str]]) -> None:
+    """A stored sweep figure over fewer than 2 values (an older run) is replaced by "not run in this profile"."""
+    call = _SWEEP_CALL.search(cell.source)
+    if call is None or call["x"] not in swept or len(swept[call["x"]]) >= 2:
+        return
+    values = ", ".join(sorted(swept[call["x"]]))
+    note = report.NotRun(f"a sweep over {call['x']} needs at least 2 values; this run has 1 ({values})")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": note.to_html()})
+        if "image/png" in out.get("data", {})
+        else out
+        for out in cell.outputs
+    ]
+
+
 class ChapterPage(Preprocessor):
     """Run card after the title, parameters cells hidden, views rebuilt, figures captioned."""
 
@@ -217,6 +245,7 @@ class ChapterPage(Preprocessor):
         folder = page.get("folder")
         cells = []
         section = ""
+        swept: dict[str, set[str]] = {}  # "name=value" settings of the fits printed in this section
         for cell in nb.cells:
             tags = set(cell.metadata.get("tags", []))
             if cell.cell_type == "code" and tags & HIDDEN_TAGS:
@@ -225,8 +254,11 @@ class ChapterPage(Preprocessor):
                 headings = _HEADING.findall(cell.source)
                 if headings:
                     section = _plain(headings[-1][1])
+                    swept = {}
             if cell.cell_type == "code":
+                _record_settings(cell, swept)
                 self._outputs(cell, section, folder)
+                _one_point_sweep(cell, swept)
             cells.append(cell)
         first = next(
             (
