@@ -6,6 +6,8 @@
     python run_all.py --profile paper --only 00,01 -p SEEDS=[0,1,2,3,4]
     python run_all.py --list                   # notebooks and their parameters
     python run_all.py --render-only            # re-render the published pages, run nothing
+    python run_all.py --profile paper --plan   # fits the ledger lacks, per chapter, with estimated cost
+    python run_all.py --profile paper --fill --executor local --workers 2    # compute them, render nothing
 
 The chapters are the notebooks ``notebooks/NN_*.ipynb``, in numbered order. For each: its parameters are
 resolved (notebook defaults ← profile ← ``-p`` overrides) and checked — names, types and values (counts
@@ -31,12 +33,24 @@ Output (``--reports-dir``, default ``reports/``)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kdrepro import profiles
-from kdrepro.book.execute import KERNEL, NOTEBOOKS_DIR, REPORTS_DIR, RunLocked, discover, plan, render_only, run
+from kdrepro import jobs, profiles
+from kdrepro.book.execute import (
+    KERNEL,
+    NOTEBOOKS_DIR,
+    REPORTS_DIR,
+    RunLocked,
+    discover,
+    plan,
+    render_only,
+    run,
+    select,
+)
 from kdrepro.book.params import ParameterError, declared_parameters, parse_parameters
 from kdrepro.book.render import notebook_title
 
@@ -85,6 +99,18 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--timeout", type=int, default=None, help="seconds per cell before failing")
     cli.add_argument("--list", action="store_true", help="list notebooks and parameters, then exit")
     cli.add_argument("--dry-run", action="store_true", help="check and print the parameters, run nothing")
+    cli.add_argument("--plan", action="store_true",
+                     help="list per chapter the fits of the profile missing from the results ledger (with costs); "
+                          "train nothing")
+    cli.add_argument("--fill", action="store_true",
+                     help="compute the missing fits of the selected chapters through the executor; render nothing "
+                          "(resumable: rerun after a kill)")
+    cli.add_argument("--executor", choices=jobs.EXECUTORS, default=None,
+                     help="where fits run: serial | local (worker processes) | ray (default: $KDREPRO_EXECUTOR "
+                          "or serial)")
+    cli.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores // threads)")
+    cli.add_argument("--threads", type=int, default=None, help="torch threads per fit (default 1 with workers)")
+    cli.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: a local Ray)")
     cli.add_argument(
         "--render-only",
         action="store_true",
@@ -93,10 +119,35 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
+def use_executor(args: argparse.Namespace) -> jobs.ExecutorSettings:
+    """The executor flags, for this process and (through KDREPRO_* variables) the notebooks' kernels."""
+    chosen = {"KDREPRO_EXECUTOR": args.executor, "KDREPRO_WORKERS": args.workers, "KDREPRO_THREADS": args.threads,
+              "KDREPRO_RAY_ADDRESS": args.ray_address}
+    os.environ.update({name: str(value) for name, value in chosen.items() if value is not None})
+    return jobs.configure()
+
+
+def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.ExecutorSettings) -> int:
+    """--plan / --fill: enumerate the chapters' fits (each notebook run in planning mode), then list what the
+    ledger lacks, or compute it."""
+    stems = select(discover(notebooks_dir), args.only)
+    with tempfile.TemporaryDirectory(prefix="kdrepro-plan-") as workdir:
+        resolved = plan(stems, notebooks_dir, Path(workdir) / "reports", args.profile, args.param)
+        chapters = [(job.stem, job.path, job.parameters) for job in resolved]
+        found = jobs.collect_jobs(chapters, kernel=args.kernel, workdir=workdir, timeout=args.timeout)
+    if args.fill:
+        jobs.fill(found, settings=settings)
+    print(jobs.format_plan(jobs.plan(found), settings.pool_size if settings.kind == "local" else 1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     notebooks_dir = Path(args.notebooks_dir)
     try:
+        settings = use_executor(args)
+        if args.plan or args.fill:
+            return campaign(args, notebooks_dir, settings)
         if args.list:
             list_notebooks(notebooks_dir, discover(notebooks_dir), args.profile)
             return 0
@@ -114,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             dry_run=args.dry_run,
         )
-    except (ParameterError, RunLocked) as exc:
+    except (ParameterError, RunLocked, ValueError) as exc:
         print(f"run_all.py: error: {exc}", file=sys.stderr)
         return 2
     failed = [m for m in manifests if m.get("status") != "ok"]

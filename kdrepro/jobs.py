@@ -553,6 +553,8 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
             continue
         items = []
         for job in phase:
+            if settings.kind != "serial":  # no progress bars from workers (cosmetic: the key is unchanged)
+                job = dataclasses.replace(job, train={**job.train, "progress": False})
             if job.split not in splits:
                 splits[job.split] = load_job_split(store, job)
             outputs = teacher_outputs(store, job, splits[job.split]) if job.teacher is not None else None

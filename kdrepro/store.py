@@ -62,11 +62,13 @@ def _source_files(source: Any) -> list[Path]:
     return [Path(module.__file__).resolve()]
 
 
-def code_digest(*sources: Any) -> str:
+def code_digest(*sources: Any, exclude: tuple[str, ...] = ()) -> str:
     """sha256 (16 hex digits) of the package files behind ``sources`` (see :func:`_source_files`); with
-    no argument, of every ``.py`` and ``.csv`` file of the package. The one code digest of the project:
-    store keys, ledger entries and the runner's "did the code change" check all use it."""
-    files = sorted({f for s in (sources or ("",)) for f in _source_files(s)})
+    no argument, of every ``.py`` and ``.csv`` file of the package; files under the package folders named
+    in ``exclude`` left out. The one code digest of the project: store keys, ledger entries and the
+    runner's "did the code change" check all use it."""
+    files = sorted({f for s in (sources or ("",)) for f in _source_files(s)
+                    if f.relative_to(PACKAGE).parts[0] not in exclude})
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.relative_to(PACKAGE).as_posix().encode())
