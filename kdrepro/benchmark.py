@@ -18,6 +18,14 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
   ``concf_consensus_s``: one consensus generation (every head ranks every user's top-100, queue, consensus),
   ``concf_consolidation_s`` its part after the ranking (the authors' Python loop over users).
   ``singlecf_epoch_s``: the same model with the BPR head alone. ``--no-methods`` skips them.
+- ``hetcomp_epoch_s``: one HetComp epoch (MF student dim 6, KD loss only, the six-teacher ensemble's top-100, AKT's
+  overall phase) on the holdout split; ``hetcomp_dkc_s``: one knowledge construction (the student's top-50 for
+  every user, NDCG distances to 6 × 2 checkpoints, the new ensemble); ``dcd_epoch_s``: one DCD epoch (both
+  sides, BPR student dim 6) on that ensemble. The trajectories are stand-ins with the real shapes (6 × 4
+  checkpoints × top-100, drawn from a briefly trained BPR teacher's top-400): cost does not depend on them.
+- ``teacher_<kind>_epoch_s`` / ``teacher_<kind>_ranking_s``: one training epoch of each of chapter 07's
+  teacher kinds at dim 64 (autoencoders: 256 rows per batch) and one top-100 ranking of every user (what a
+  trajectory checkpoint costs; validation costs about as much). ``--no-methods`` skips all of these.
 - Peak memory is not seconds and is reported on stderr only.
 """
 
@@ -33,8 +41,11 @@ from dataclasses import replace
 import torch
 
 from kdrepro import data, splits
+from kdrepro.distill import build as build_method
 from kdrepro.distill.concf import ConCF, ConCFConfig
+from kdrepro.distill.hetcomp import HetComp, HetCompConfig, TeacherTrajectories, ensemble_outputs
 from kdrepro.evaluate import evaluate
+from kdrepro.heterogeneous import TEACHER_OBJECTIVES, teacher_train_config, top_n_items
 from kdrepro.models import ModelConfig, build
 from kdrepro.models.multihead import MultiHeadCF
 from kdrepro.teachers import compute_outputs
@@ -64,7 +75,8 @@ METHOD_FIGURES = {
     "de_annealed_epoch_s": ("loo_sampled", "de", {"de": {"anneal_epochs": 1}}),
     "irrrd_epoch_s": ("loo_sampled", "rrd+ir", {}),
     "cd_epoch_s": ("loo_sampled", "cd", {}),
-    "phr_epoch_s": ("loo_full", "phr", {}),
+    "phr_epoch_s": ("loo_full", "phr", {"phr": {"hidden": 8}}),  # H = 8 as in earlier figures (default: 2100)
+    "phr64_epoch_s": ("loo_full", "phr", {"phr": {"hidden": 64}}),  # the paper profile's CPU width
     "ftd_epoch_s": ("loo_full", "ftd", {}),
     "htd_epoch_s": ("loo_full", "htd", {}),
     "htd_annealed_epoch_s": ("loo_full", "htd", {"htd": {"anneal_epochs": 1}}),
@@ -107,6 +119,50 @@ def concf_seconds(split: splits.Split, repeats: int) -> dict[str, float]:
             "singlecf_epoch_s": min(h["train_s"] for h in single_fit.history[1:])}
 
 
+def stand_in_trajectories(split: splits.Split, teachers: int = 6, checkpoints: int = 4, top_n: int = 100
+                          ) -> TeacherTrajectories:
+    """Trajectories of the real shapes: random windows of a briefly trained BPR teacher's top-400."""
+    teacher = fit(ModelConfig("bpr", 64), split, TrainConfig(epochs=1, eval_every=10**6, patience=0, progress=False,
+                                                             device="cpu"))
+    pool = torch.from_numpy(top_n_items(teacher.model, split, 4 * top_n))
+    generator = torch.Generator().manual_seed(0)
+    picks = [torch.randperm(pool.shape[1], generator=generator)[:top_n].sort().values
+             for _ in range(teachers * checkpoints)]
+    rankings = torch.stack([pool[:, p] for p in picks]).view(teachers, checkpoints, split.num_users, top_n)
+    items = torch.stack([torch.randperm(split.num_users, generator=generator)[:top_n].expand(split.num_items, -1)
+                         for _ in range(teachers)])
+    return TeacherTrajectories(tuple(f"t{i}" for i in range(teachers)), rankings.int(), items.int(),
+                               torch.zeros(teachers, checkpoints, dtype=torch.long))
+
+
+def hetcomp_seconds(split: splits.Split, repeats: int) -> dict[str, float]:
+    """HetComp's epoch and one knowledge construction, DCD's epoch, on stand-in trajectories (see the docstring)."""
+    trajectories = stand_in_trajectories(split)
+    train = TrainConfig(epochs=repeats + 1, loss="none", lr=1e-3, weight_decay=1e-5, eval_every=10**6, patience=0,
+                        progress=False, device="cpu")
+    method = HetComp(HetCompConfig(), trajectories, split, 6)
+    result = fit(ModelConfig("bpr", 6), split, train, distill=method)
+    start = time.perf_counter()
+    method.construct(result.model)
+    figures = {"hetcomp_epoch_s": min(h["train_s"] for h in result.history[1:]),
+               "hetcomp_dkc_s": time.perf_counter() - start}
+    dcd = build_method("dcd", ensemble_outputs(trajectories, num_items=split.num_items), split, 6)
+    dcd_fit = fit(ModelConfig("bpr", 6), split, replace(train, loss="bpr"), distill=dcd)
+    figures["dcd_epoch_s"] = min(h["train_s"] for h in dcd_fit.history[1:])
+    return figures
+
+
+def trajectory_seconds(split: splits.Split, repeats: int) -> dict[str, float]:
+    """Per teacher kind of chapter 07 (dim 64): one training epoch and one top-100 ranking of every user."""
+    figures = {}
+    base = TrainConfig(epochs=repeats + 1, eval_every=10**6, patience=0, progress=False, device="cpu")
+    for kind in TEACHER_OBJECTIVES:
+        result = fit(ModelConfig(kind, 64), split, teacher_train_config(kind, base, 256))
+        figures[f"teacher_{kind}_epoch_s"] = min(h["train_s"] for h in result.history[1:])
+        figures[f"teacher_{kind}_ranking_s"] = _best(lambda model=result.model: top_n_items(model, split, 100), 1)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -137,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not args.no_methods:
         figures.update(method_epoch_seconds(sampled, full, args.repeats))
         figures.update(concf_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
+        figures.update(hetcomp_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
+        figures.update(trajectory_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
 
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -195,10 +195,10 @@ def test_discrepancy_weights_by_hand():
 
 
 def test_capped_ranks_skip_excluded_entries():
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]])
-    # Column 0 is a training item: ranks among the rest are 3 → 0, 2 → 1, 4 → 2, 1 → 3.
-    ranks = capped_ranks(scores, torch.tensor([0]), torch.tensor([0]), torch.tensor([[2, 1, 3]]), cap=3)
-    assert ranks.tolist() == [[1, 3, 0]]  # item 1 is at rank 3 = the cap
+    scores = torch.tensor([[-torch.inf, 0.1, 0.5, 0.7, 0.3], [0.9, 0.8, 0.7, 0.6, 0.5]])
+    # Row 0: column 0 is a training item; ranks among the rest are 3 → 0, 2 → 1, 4 → 2, 1 → 3 (the cap).
+    ranks = capped_ranks(scores, torch.tensor([[2, 1, 3], [4, 0, 2]]), cap=3)
+    assert ranks.tolist() == [[1, 3, 0], [3, 0, 2]]
 
 
 def test_dcd_samples_keep_under_estimated_items_in_teacher_order():

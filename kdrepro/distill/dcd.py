@@ -69,16 +69,17 @@ def discrepancy_weights(student_rank: torch.Tensor, temperature: float) -> tuple
     return under, over
 
 
-def capped_ranks(scores: torch.Tensor, excluded_rows: torch.Tensor, excluded_cols: torch.Tensor,
-                 targets: torch.Tensor, cap: int) -> torch.Tensor:
-    """Ranks (0 = best) of ``targets`` (R, M) in each row of ``scores`` (R, C) with the excluded entries removed;
-    ranks at or beyond ``cap`` are returned as ``cap``."""
-    scores = scores.clone()
-    scores[excluded_rows, excluded_cols] = -torch.inf
-    top = scores.topk(min(cap, scores.shape[1]), dim=1).indices  # (R, cap)
-    match = targets.unsqueeze(2) == top.unsqueeze(1)  # (R, M, cap)
-    found = match.any(dim=2)
-    return torch.where(found, match.float().argmax(dim=2), torch.full_like(targets, cap))
+def capped_ranks(scores: torch.Tensor, targets: torch.Tensor, cap: int) -> torch.Tensor:
+    """Ranks (0 = best) of ``targets`` (R, M) in each row of ``scores`` (R, C) (excluded entries set to −inf by
+    the caller); ranks at or beyond ``cap`` are returned as ``cap``.
+
+    The row's top-``cap`` is sorted by column id once; each target is found in it by binary search.
+    """
+    top = scores.topk(min(cap, scores.shape[1]), dim=1).indices  # (R, cap), best first
+    by_id, position = top.sort(dim=1)
+    slot = torch.searchsorted(by_id, targets).clamp(max=by_id.shape[1] - 1)
+    found = by_id.gather(1, slot) == targets
+    return torch.where(found, position.gather(1, slot), torch.full_like(targets, cap))
 
 
 def dcd_samples(teacher_top: torch.Tensor, student_rank: torch.Tensor, config: DCDConfig,
@@ -128,8 +129,8 @@ class DCD(DistillLoss):
             else:
                 scores = (student.item_repr(ids) @ student.user_embedding.weight.T).cpu()
             inside = (rows_of >= lo) & (rows_of < lo + RANK_CHUNK)
-            ranks.append(capped_ranks(scores, rows_of[inside] - lo, cols_of[inside], top[lo : lo + RANK_CHUNK],
-                                      self.cap))
+            scores[rows_of[inside] - lo, cols_of[inside]] = -torch.inf  # the row's training entries
+            ranks.append(capped_ranks(scores, top[lo : lo + RANK_CHUNK], self.cap))
         return torch.cat(ranks)
 
     def prepare(self, student: Recommender, epoch: int) -> None:
