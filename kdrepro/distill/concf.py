@@ -294,6 +294,7 @@ class ConCF(nn.Module):
         self._grad_sq = torch.zeros(len(config.heads))
         self._grad_weights = torch.ones(len(config.heads))
         self._have_grads = False
+        self._gathered: dict[tuple[int, int | None], torch.Tensor] = {}  # this batch's gathers, by (table, ids)
 
     # Epoch bookkeeping -----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
@@ -363,9 +364,14 @@ class ConCF(nn.Module):
         return hook
 
     def _rows(self, table: torch.Tensor, ids: torch.Tensor | None, index: int) -> torch.Tensor:
-        """The head's own gather of shared embedding rows (``ids=None``: every row, as a view); its gradient
-        norm feeds the balancing."""
-        rows = table.view_as(table) if ids is None else table.index_select(0, ids)
+        """Shared embedding rows ``table[ids]`` (``ids=None``: every row) as the head's own view: its gradient
+        norm feeds the balancing. Heads asking for the same ``ids`` share one gather, so the (dense) table
+        gradient is formed once per batch, not once per head."""
+        key = (table.data_ptr(), None if ids is None else id(ids))
+        if key not in self._gathered:
+            self._gathered[key] = table if ids is None else table.index_select(0, ids)
+        shared = self._gathered[key]
+        rows = shared.view_as(shared)
         if self.balanced and rows.requires_grad:
             rows.register_hook(self._capture(index))
         return rows
@@ -449,6 +455,7 @@ class ConCF(nn.Module):
             self._generate_now = False
             self.consensus = self.generate(model)
         ids = self._batch_ids(batch, self.learning_consensus())
+        self._gathered = {}
         if self.balanced:
             renormalize_(self.weights, cfg.weight_min, cfg.weight_max)
             # Norms captured in the previous backward pass were of w_x·L^x: divide by those w_x.
