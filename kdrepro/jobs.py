@@ -124,8 +124,12 @@ def current_settings() -> ExecutorSettings:
 
 
 def _in_worker(fn: Callable, threads: int, *item: Any) -> Any:
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # every worker sets its own threads: never more than it was given
-    return fn(item)
+    try:
+        return fn(item)
+    finally:
+        torch.set_num_threads(previous)  # the driver (serial executor) gets its own count back
 
 
 class Executor:

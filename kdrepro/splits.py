@@ -1,8 +1,9 @@
 """Evaluation protocols as saved splits: ``loo_sampled``, ``loo_full`` and ``holdout``.
 
 A :class:`Split` is fully determined by (dataset content, protocol, ``split_seed``, options). It is
-saved as ``.npz`` (no pickles) next to the cached data with the dataset hash inside, and reused: every
-method of a chapter is evaluated on the same held-out items and the same sampled negatives.
+saved as ``.npz`` (no pickles) with the dataset hash inside, kept and verified by :mod:`kdrepro.store`
+(``Store().split(...)``), and reused: every method of a chapter is evaluated on the same held-out items
+and the same sampled negatives.
 
 - ``loo_sampled`` (DE-RRD, IR-RRD): per user one validation and one test positive; the held-out item is
   ranked among ``num_negatives`` (499) unobserved items sampled once per user. HR/NDCG/MRR@{5,10,20}.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdrepro._io import atomic_write, cache_root, stable_hash
+from kdrepro._io import atomic_write, stable_hash
 from kdrepro.data import Interactions
 
 PROTOCOLS = ("loo_sampled", "loo_full", "holdout")
@@ -171,7 +172,7 @@ def sample_negatives(
 def make_split(
     data: Interactions, protocol: str, split_seed: int = 0, *, num_negatives: int = 499
 ) -> Split:
-    """Build a split (no caching); see :func:`get_split` for the cached version."""
+    """Build a split (no caching); ``kdrepro.store.Store.split`` keeps it."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     rng = np.random.default_rng(split_seed)
@@ -229,22 +230,3 @@ def load_split(path: str | os.PathLike, expected_sha256: str | None = None) -> S
             f"{path} was built from dataset content {sha[:12]}, not {expected_sha256[:12]}; delete it to rebuild"
         )
     return Split(dataset, sha, protocol, int(seed), int(users), int(items), **arrays)
-
-
-def get_split(
-    data: Interactions,
-    protocol: str,
-    split_seed: int = 0,
-    *,
-    num_negatives: int = 499,
-    cache_dir: str | os.PathLike | None = None,
-) -> Split:
-    """The split of ``data`` under ``protocol``, loaded from the cache or built and saved there."""
-    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "splits"
-    suffix = f"-neg{num_negatives}" if protocol == "loo_sampled" else ""
-    path = folder / f"{data.name}-{data.sha256[:12]}-{protocol}{suffix}-seed{split_seed}.npz"
-    if path.exists():
-        return load_split(path, expected_sha256=data.sha256)
-    split = make_split(data, protocol, split_seed, num_negatives=num_negatives)
-    save_split(split, path)
-    return split

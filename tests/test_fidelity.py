@@ -6,8 +6,9 @@ and checks the headline metric within ±5 % relative of the published value.
 
 import pytest
 
-from kdrepro import data, paper, splits
+from kdrepro import data, paper
 from kdrepro.models import ModelConfig
+from kdrepro.store import Store
 from kdrepro.train import TrainConfig, fit
 
 CASES = [
@@ -24,7 +25,7 @@ CASES = [
 @pytest.mark.parametrize(("protocol", "role", "dim", "table", "metric"), CASES)
 def test_bpr_matches_the_paper(data_dir, protocol, role, dim, table, metric):
     dataset = data.load("citeulike-t", min_user_interactions=5, data_dir=data_dir)
-    split = splits.get_split(dataset, protocol, 0)
+    split = Store().split(dataset, protocol, 0)
     # The authors validate every epoch under loo_sampled; full ranking is validated every 5 epochs here.
     every, patience = (1, 20) if protocol == "loo_sampled" else (5, 4)
     result = fit(ModelConfig("bpr", dim), split, TrainConfig(eval_every=every, patience=patience, progress=False))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from kdrepro import splits
+from kdrepro.store import Store
 
 
 def _pairs(users, items, num_items):
@@ -54,9 +55,9 @@ def test_split_seed_determines_the_split(synthetic_data):
 
 
 def test_saved_split_round_trips_and_checks_the_dataset(synthetic_data, tmp_path):
-    s = splits.get_split(synthetic_data, "loo_sampled", 1, num_negatives=20, cache_dir=tmp_path)
-    (path,) = tmp_path.glob("*.npz")
-    again = splits.get_split(synthetic_data, "loo_sampled", 1, num_negatives=20, cache_dir=tmp_path)
+    s = Store(tmp_path).split(synthetic_data, "loo_sampled", 1, num_negatives=20)
+    (path,) = tmp_path.glob("splits/*/split.npz")
+    again = Store(tmp_path).split(synthetic_data, "loo_sampled", 1, num_negatives=20)
     assert np.array_equal(s.negatives, again.negatives) and again.key == s.key
     with pytest.raises(ValueError, match="delete it to rebuild"):
         splits.load_split(path, expected_sha256="0" * 64)
