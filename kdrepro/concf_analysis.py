@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from kdrepro import jobs
 from kdrepro._io import stable_hash
 from kdrepro.data import Interactions
 from kdrepro.distill.concf import ConCF, ConCFConfig, ConsensusScorer
@@ -175,7 +177,15 @@ def _log_rows(item: ConCFFit) -> list[dict]:
 
 
 def run(setting: ConCFSetting, runs: Sequence[ConCFRun]) -> ConCFResults:
-    """Every run × seed: fitted, then every head (and the consensus) evaluated on the test set."""
+    """Every run × seed: fitted, then every head (and the consensus) evaluated on the test set.
+
+    The fits run here, in the calling process, not through :mod:`kdrepro.jobs` (whose jobs describe a base
+    model plus a registered distillation method; a multi-branch model with its ConCF module is not one yet):
+    they are not in the results ledger, and in planning mode (``run_all.py --plan``) this refuses to train.
+    """
+    if os.environ.get(jobs.PLAN_FILE_ENV):
+        raise RuntimeError("chapter 06 fits ConCF in the notebook, outside the jobs ledger: nothing to plan "
+                           f"({len(runs)} runs x {len(setting.seeds)} seeds would be trained here)")
     fits = [fit_one(setting, r, seed) for r in runs for seed in setting.seeds]
     results = pd.DataFrame([row for item in fits for row in _test_rows(setting, item)])
     log = pd.DataFrame([row for item in fits for row in _log_rows(item)],

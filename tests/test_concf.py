@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdrepro import concf_analysis, data, splits
+from kdrepro import concf_analysis, data, jobs, splits
 from kdrepro.distill.concf import (
     ConCF,
     ConCFConfig,
@@ -202,3 +202,10 @@ def test_one_pass_core_filter_by_hand():
     assert kept.sha256 != toy.sha256 and concf_analysis.core_filter(toy, 0) is toy
     with pytest.raises(ValueError, match="survives"):
         concf_analysis.core_filter(toy, 4)
+
+
+def test_planning_mode_trains_nothing(split, monkeypatch, tmp_path):
+    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(tmp_path / "plan.jsonl"))
+    setting = concf_analysis.ConCFSetting("synthetic", split, (0,), TrainConfig(epochs=1, loss="none"), ConCFConfig())
+    with pytest.raises(RuntimeError, match="nothing to plan"):
+        concf_analysis.run(setting, concf_analysis.single_runs(["bpr"]))
