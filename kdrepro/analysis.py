@@ -3,8 +3,6 @@
 - :func:`validation_scores`, :func:`select_on_validation`, :func:`selected_results`, :func:`grid_panels` —
   the PHR paper's comparison with a *grid-searched* DE: every DE configuration is trained, the one with the
   best validation monitor (mean over seeds) is kept, and only its test metrics are reported.
-- :func:`seed_claims` — a claim such as "DE ≤ PHR" (PHR matches or beats DE) checked on the means and seed
-  by seed (paired differences, how many seeds agree).
 - :func:`bridge_similarity`, :func:`bridge_similarity_plot`, :func:`de_groups` — what PHR's personalization
   network learned: distance between the generated bridges θ_x of user pairs against the similarity of
   their teacher representations, and within vs across DE's expert groups.
@@ -17,7 +15,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -155,72 +152,6 @@ def grid_panels(
         title = f"{label} · {value.replace('_mean', '')} {rows['monitor'].iloc[0]}"
         panels[title] = rows.pivot_table(index=index, columns=columns, values=value, aggfunc="mean")
     return panels
-
-
-# --------------------------------------------------------------------------------------------------
-# Claims over seeds
-# --------------------------------------------------------------------------------------------------
-
-_CLAIM = re.compile(r"^\s*(?P<a>.+?)\s*(?P<op><=|≤|<)\s*(?P<b>.+?)\s*$")
-
-
-def parse_claim(claim: str) -> tuple[str, str, str]:
-    """``"DE ≤ PHR"`` → ("DE", "≤", "PHR"): ``A < B`` claims B beats A; ``A ≤ B`` that B matches or beats A."""
-    match = _CLAIM.match(claim)
-    if not match:
-        raise ValueError(f"cannot read the claim {claim!r}; write 'A < B' (B beats A) "
-                         "or 'A ≤ B' (B matches or beats A)")
-    op = "≤" if match["op"] in ("<=", "≤") else "<"
-    return match["a"], op, match["b"]
-
-
-def _holds(a: np.ndarray, op: str, b: np.ndarray, tolerance: float) -> np.ndarray:
-    return b > a if op == "<" else b >= a * (1 - tolerance)
-
-
-def seed_claims(
-    results: pd.DataFrame,
-    claims: Sequence[str],
-    metrics: Sequence[str],
-    tolerance: float = 0.01,
-    by: Sequence[str] = ("protocol", "base"),
-) -> pd.DataFrame:
-    """Each claim (``"Student < RRD"``, ``"DE ≤ PHR"``) on the mean over seeds and seed by seed.
-
-    ``A < B`` holds when B's value is above A's; ``A ≤ B`` ("B matches or beats A") when B's value is at
-    least A's × (1 − ``tolerance``). Per (``by`` groups present, metric present in the group, claim):
-    both means ± std, ``diff`` = mean of the per-seed differences B − A (seeds both ran), ``rel_diff`` =
-    diff / mean A, the per-seed differences as text, ``seeds_agree`` (seeds on which the claim holds) of
-    ``n_seeds``, and ``holds`` (on the means).
-    """
-    by = [c for c in by if c in results]
-    parsed = [(claim, *parse_claim(claim)) for claim in claims]
-    rows = []
-    groups = results.groupby(by, sort=False) if by else [((), results)]
-    for group, frame in groups:
-        labels = dict(zip(by, group if isinstance(group, tuple) else (group,), strict=True))
-        for metric in metrics:
-            values = frame[frame["metric"] == metric].pivot_table(index="seed", columns="method", values="value",
-                                                                  aggfunc="mean")
-            for claim, a, op, b in parsed:
-                if a not in values or b not in values:
-                    continue
-                a_values, b_values = values[a].dropna(), values[b].dropna()
-                paired = values[[a, b]].dropna()
-                diffs = (paired[b] - paired[a]).to_numpy()
-                agree = _holds(paired[a].to_numpy(), op, paired[b].to_numpy(), tolerance)
-                a_mean, b_mean = float(a_values.mean()), float(b_values.mean())
-                rows.append({
-                    **labels, "metric": metric, "claim": claim,
-                    "a_mean": a_mean, "a_std": float(a_values.std(ddof=1)) if len(a_values) > 1 else np.nan,
-                    "b_mean": b_mean, "b_std": float(b_values.std(ddof=1)) if len(b_values) > 1 else np.nan,
-                    "diff": float(diffs.mean()) if len(diffs) else np.nan,
-                    "rel_diff": float(diffs.mean() / a_mean) if len(diffs) and a_mean else np.nan,
-                    "per_seed_diff": ", ".join(f"{d:+.4f}" for d in diffs),
-                    "seeds_agree": int(agree.sum()), "n_seeds": len(diffs),
-                    "holds": bool(_holds(np.array(a_mean), op, np.array(b_mean), tolerance)),
-                })
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,7 +452,7 @@ def popularity_plot(breakdown: pd.DataFrame, reference: str = "Student", ax=None
 
 __all__ = [
     "bridge_pair_table", "bridge_similarity", "bridge_similarity_plot", "curve_summary", "de_groups",
-    "grid_panels", "parse_claim", "per_user_metrics", "popularity_breakdown", "popularity_groups",
-    "popularity_plot", "sample_pairs", "seed_claims", "select_on_validation", "selected_configs", "selected_results",
+    "grid_panels", "per_user_metrics", "popularity_breakdown", "popularity_groups",
+    "popularity_plot", "sample_pairs", "select_on_validation", "selected_configs", "selected_results",
     "training_panels", "validation_scores",
 ]

@@ -8,7 +8,7 @@
 - :func:`run_kd` — distilled students (chapters 01 and 04): a :class:`KDSetting` (split, bases, seeds,
   dims, method configs) × a list of :class:`KDRun` built by :func:`method_runs`, :func:`size_runs`,
   :func:`sweep_runs` or :func:`design_runs`; distilled students have a train-once cache of their own.
-- :func:`design_choice_table`, :func:`ordering_agreement`, :func:`ordering_claims`,
+- :func:`design_choice_table`, :func:`ordering_agreement`,
   :func:`efficiency_table`, :func:`lambda_grid`, :func:`selection_map`, :func:`selection_summary` —
   the DE-RRD paper's tables and figures from those results.
 """
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -305,65 +304,6 @@ def ordering_agreement(table: pd.DataFrame) -> pd.DataFrame:
             "best_ours": group.loc[group["ours_mean"].idxmax(), "variant"],
             "best_paper": group.loc[group["paper"].idxmax(), "variant"],
         })
-    return pd.DataFrame(rows)
-
-
-def parse_ordering(chain: str) -> list[tuple[str, str, str]]:
-    """``"Student < RD ≈ CD < RRD"`` → pairwise claims [(Student, <, RD), (Student, <, CD), (RD, ≈, CD), …].
-
-    ``<`` separates groups (every member of a group is claimed below every member of the next);
-    ``≈`` (or ``~``) joins methods claimed about equal.
-    """
-    groups = [[m.strip() for m in re.split(r"[≈~]", part)] for part in chain.split("<")]
-    if any(not m for g in groups for m in g):
-        raise ValueError(f"cannot read the ordering {chain!r}")
-    claims = []
-    for index, group in enumerate(groups):
-        if index:
-            claims += [(a, "<", b) for a in groups[index - 1] for b in group]
-        claims += [(a, "≈", b) for a, b in itertools.combinations(group, 2)]
-    return claims
-
-
-def ordering_claims(
-    results: pd.DataFrame,
-    chain: str,
-    metrics: Sequence[str] = ("HR@5", "NDCG@5"),
-    paper_table: str = "derrd_table2_main_phi0.1",
-    tolerance: float = 0.02,
-) -> pd.DataFrame:
-    """Each pairwise claim of the ordering ``chain`` checked on our means and on the paper's values.
-
-    ``a < b`` holds when the mean of ``a`` is below that of ``b``; ``a ≈ b`` when they differ by at most
-    ``tolerance`` relative to the larger. Columns: ``base, metric, claim, ours_a, ours_b, ours_rel_diff,
-    ours_holds, paper_a, paper_b, paper_holds`` (``rel_diff`` = (b − a) / max(a, b)).
-    """
-    from kdrepro.paper import long_form, to_paper_names
-
-    ours = to_paper_names(results)
-    means = ours.groupby(["dataset", "base", "method", "metric"], sort=False)["value"].mean()
-    paper = to_paper_names(long_form(paper_table)).set_index(["dataset", "base", "method", "metric"])["paper"]
-
-    def holds(a: float, op: str, b: float) -> bool | None:
-        if pd.isna(a) or pd.isna(b):
-            return None
-        return bool(a < b) if op == "<" else bool(abs(b - a) <= tolerance * max(abs(a), abs(b)))
-
-    rows = []
-    for (dataset, base), _ in means.groupby(level=["dataset", "base"], sort=False):
-        for metric in metrics:
-            for a, op, b in parse_ordering(chain):
-                ours_a = means.get((dataset, base, a, metric), np.nan)
-                ours_b = means.get((dataset, base, b, metric), np.nan)
-                paper_a = paper.get((dataset, base, a, metric), np.nan)
-                paper_b = paper.get((dataset, base, b, metric), np.nan)
-                rows.append({
-                    "base": base, "metric": metric, "claim": f"{a} {op} {b}",
-                    "ours_a": ours_a, "ours_b": ours_b,
-                    "ours_rel_diff": (ours_b - ours_a) / max(ours_a, ours_b) if ours_a > 0 or ours_b > 0 else np.nan,
-                    "ours_holds": holds(ours_a, op, ours_b),
-                    "paper_a": paper_a, "paper_b": paper_b, "paper_holds": holds(paper_a, op, paper_b),
-                })
     return pd.DataFrame(rows)
 
 

@@ -122,6 +122,7 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "ANNEAL_EPOCHS": 2,
             "BRIDGE_USERS": 100,
             "BRIDGE_PAIRS": 500,
+            "PHR_HIDDEN": 8,
         },
         "quick": {
             # BPR-MF only; teachers and undistilled students load from chapter 00's quick cache. DE's grid is
@@ -134,6 +135,12 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "ANNEAL_EPOCHS": 10,
             "GRID_LAMBDA_DE": [0.01],
             "GRID_NUM_EXPERTS": [1, 30],
+            "PHR_HIDDEN": 8,  # PHR's width: 4.5 s an epoch on one thread (64: 25 s; HyperKDMA's 2100: 300-600 s)
+        },
+        "paper": {
+            # HyperKDMA's width (d_t + d_t d_s) / 2 = 2100 costs an estimated 300-600 s an epoch on one CPU
+            # thread; 64 (25 s, measured on a busy machine) is the largest that keeps a fit within hours.
+            "PHR_HIDDEN": 64,
         },
     },
     "03_topology_distillation": {
@@ -250,9 +257,9 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         "quick": {
             # BPR-MF only; the teacher and undistilled student load from chapter 00's quick cache and RRD from
             # chapter 04's (same RRD settings). Two points per sweep, one of them the main run (cached).
-            # Estimated on an idle 2-core machine from epoch costs (IR-RRD ~3.5 s, IR ~2 s, validation 0.5 s
-            # every 5 epochs): IR ~1.4 min, IR-RRD ~2.4 min, lambda_IR 5e-3 ~2.4 min, 10 users per item
-            # ~1.8 min, per-user evaluation seconds: about 8-9 minutes.
+            # IR covers the authors' item set (the batch users' RRD sets, ~18k items a batch): an IR-RRD epoch
+            # measured 15.5 s on one thread of a busy machine (3.7 s with the old positives-and-negatives
+            # set), so 4 fits of 40 epochs take about 40 minutes.
             "MODELS": ["bpr"],
             "LAMBDAS_IR": [0.0005, 0.005],
             "IR_USERS": [10, 20],
@@ -300,6 +307,28 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "LR": 0.01,
             "DKC_PERIOD": 1,
             "NUM_REST": 20,
+        },
+        "quick": {
+            # Four teacher kinds (MF, CML, Mult-VAE, item-AE) at 64-d; NeuMF (a full ranking of every user costs
+            # ~1 min of one core at 64-d, and a trajectory needs one per validation) and LightGCN (~12 s an epoch:
+            # full-graph propagation per batch) are left to the paper profile. Teachers: at most 40 epochs at the
+            # quick learning rate, validated every 5. Students: one seed, 40 epochs, knowledge construction every
+            # 5 epochs so the trajectories can be walked. Estimated from measured CPU seconds on one thread (see
+            # the chapter's report): teachers ~9 min, students ~7 min (DCD ~3 of them): about 16 minutes.
+            "TEACHER_KINDS": ["bpr", "cml", "vae", "item_ae"],
+            "TEACHER_EPOCHS": 40,
+            "TEACHER_EVAL_EVERY": 5,
+            "TEACHER_PATIENCE": 3,
+            "TEACHER_LR": 0.005,
+            "DKC_PERIOD": 5,
+        },
+        "paper": {
+            # HetComp's student schedule (validation Recall@50 every 10 epochs, patience 5) instead of the common
+            # block's; six teachers up to 500 epochs. Estimated at 8-10 hours on 2 CPU cores: LightGCN (~12 s an
+            # epoch) and NeuMF's validations (~1 min each, twice with the trajectory's ranking) dominate the
+            # teachers (~5 h); 21 student fits of a few hundred epochs (~3 h, DCD the costliest).
+            "EVAL_EVERY": 10,
+            "PATIENCE": 5,
         },
     },
     "08_scorecard": {

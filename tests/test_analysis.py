@@ -1,4 +1,4 @@
-"""kdrepro.analysis (chapters 02 and 05) on hand-checkable cases, and the chapter helpers of experiments."""
+"""kdrepro.analysis (chapters 02 and 05) on hand-checkable cases, and the chapter helpers of runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdrepro import analysis, data, experiments, runs, splits
+from kdrepro import analysis, data, runs, splits
 from kdrepro.train import TrainConfig
 
 
@@ -65,24 +65,6 @@ def test_selection_per_base_and_protocol_column_from_results():
     mixed = pd.concat([results, results.assign(protocol="loo_full")])
     with pytest.raises(ValueError, match="protocol"):
         analysis.select_on_validation(mixed, histories, ["lambda_de", "num_experts"], monitor="NDCG@10")
-
-
-def test_seed_claims_by_hand():
-    rows = [("DE", 0, 0.30), ("DE", 1, 0.32), ("PHR", 0, 0.31), ("PHR", 1, 0.318)]
-    results = pd.DataFrame([{"protocol": "p", "base": "bpr", "method": m, "seed": s, "metric": "HR@5", "value": v}
-                            for m, s, v in rows])
-    table = analysis.seed_claims(results, ["DE ≤ PHR", "DE < PHR", "PHR < Missing"], ["HR@5", "HR@10"],
-                                 tolerance=0.01)
-    assert list(table["claim"]) == ["DE ≤ PHR", "DE < PHR"]  # unknown methods and metrics are skipped
-    match, beat = table.iloc[0], table.iloc[1]
-    assert match["diff"] == pytest.approx(0.004) and match["rel_diff"] == pytest.approx(0.004 / 0.31)
-    assert match["per_seed_diff"] == "+0.0100, -0.0020"
-    # seed 1: 0.318 >= 0.32 * 0.99 = 0.3168 (matches) but not > 0.32 (does not beat)
-    assert (match["seeds_agree"], beat["seeds_agree"], match["n_seeds"]) == (2, 1, 2)
-    assert match["holds"] and beat["holds"]
-    assert analysis.parse_claim("A <= B") == ("A", "≤", "B")
-    with pytest.raises(ValueError, match="cannot read"):
-        analysis.parse_claim("A > B")
 
 
 def test_popularity_groups_partition_ordered_and_keep_ties_together():
@@ -146,7 +128,8 @@ def tiny_setting(tmp_path_factory):
     config = TrainConfig(epochs=2, eval_every=1, patience=0, progress=False, device="cpu")
     cache = tmp_path_factory.mktemp("kdcache") / "teachers"
     return runs.KDSetting(split, ["bpr"], [0], config, {"bpr": 16}, {"bpr": 4},
-                                 {"phr": {}, "ir": {"top_n": 30, "num_interesting": 5, "num_uninteresting": 5}},
+                                 {"phr": {}, "ir": {"top_n": 30, "num_interesting": 5, "num_uninteresting": 5,
+                                                         "rrd_top_n": 30, "rrd_num_interesting": 10}},
                                  top_n=30, top_n_users=30, cache_dir=cache)
 
 

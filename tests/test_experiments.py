@@ -1,25 +1,17 @@
-"""The chapter helpers of kdrepro.experiments: run builders, the ordering parser, the students' cache."""
+"""The chapter helpers of kdrepro.runs: run builders and the students' cache (claims: tests/test_paper_verdicts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kdrepro import data, experiments, runs, splits
+from kdrepro import data, runs, splits
 from kdrepro.train import TrainConfig
-
-
-def test_parse_ordering_expands_groups_into_pairwise_claims():
-    claims = experiments.parse_ordering("Student < RD ≈ CD < RRD")
-    assert sorted(claims) == sorted([("RD", "≈", "CD"), ("Student", "<", "RD"), ("Student", "<", "CD"),
-                                     ("RD", "<", "RRD"), ("CD", "<", "RRD")])
-    assert experiments.parse_ordering("A ~ B") == [("A", "≈", "B")]
-    with pytest.raises(ValueError, match="cannot read"):
-        experiments.parse_ordering("A < < B")
 
 
 def test_sweep_runs_cover_the_product_and_name_their_keys():
     planned = runs.sweep_runs("DE-RRD", {"de.lambda_de": [0.1, 0.01], "rrd.lambda_rrd": [1e-3]})
-    assert [r.keys for r in planned] == [{"lambda_de": 0.1, "lambda_rrd": 1e-3}, {"lambda_de": 0.01, "lambda_rrd": 1e-3}]
+    assert [r.keys for r in planned] == [{"lambda_de": 0.1, "lambda_rrd": 1e-3},
+                                         {"lambda_de": 0.01, "lambda_rrd": 1e-3}]
     assert planned[0].overrides == {"de": {"lambda_de": 0.1}, "rrd": {"lambda_rrd": 1e-3}}
     with pytest.raises(ValueError, match="method.field"):
         runs.sweep_runs("DE", {"lambda_de": [0.1]})
