@@ -55,7 +55,11 @@ class ChapterReport:
 
     @property
     def profile(self) -> str:
-        return str(self.manifest.get("profile", "?"))
+        """The profile the report ran under, "+ N overrides" when ``-p`` changed N of its parameters
+        (a partial run: the chapter's page lists them)."""
+        profile = str(self.manifest.get("profile", "?"))
+        overrides = (self.manifest.get("overrides") or {}).get("cli") or {}
+        return f"{profile} + {len(overrides)} overrides" if overrides else profile
 
 
 def _read_json(path: Path) -> dict:
@@ -149,7 +153,7 @@ def efficiency_points(chapters: list[ChapterReport]) -> pd.DataFrame:
         return pd.DataFrame(columns=["dataset", "protocol", "base", "method", "value", "parameters", "metric",
                                      "chapter", "profile"])
     table = pd.concat(points, ignore_index=True)
-    preference = table["profile"].map(PROFILE_PREFERENCE).fillna(len(PROFILE_PREFERENCE))
+    preference = table["profile"].str.split(" ").str[0].map(PROFILE_PREFERENCE).fillna(len(PROFILE_PREFERENCE))
     table = table.assign(_preference=preference).sort_values("_preference", kind="stable")
     table = table.drop_duplicates(["dataset", "protocol", "base", "method"]).drop(columns="_preference")
     return table.sort_index().reset_index(drop=True)

@@ -13,11 +13,11 @@ BLOCK = {"cells": {"reproduced": 5, "partially": 1, "not": 2}, "gains": {"reprod
          "claims": {"reproduced": 4, "partially": 1, "not": 0}}
 
 
-def write_chapter(root, stem, metrics, fits=None, profile="paper"):
+def write_chapter(root, stem, metrics, fits=None, profile="paper", cli=None):
     folder = root / stem
     (folder / "tables").mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "manifest.json").write_text(json.dumps({"profile": profile}))
+    (folder / "manifest.json").write_text(json.dumps({"profile": profile, "overrides": {"cli": cli or {}}}))
     if fits is not None:
         pd.DataFrame(fits).to_csv(folder / "tables" / "fits.csv", index=False)
 
@@ -30,7 +30,8 @@ def rows(protocol, metric, values, **keys):
 
 @pytest.fixture
 def reports(tmp_path):
-    write_chapter(tmp_path, "00_data", {"verdicts": {"reproduced": 3, "partially": 1, "not": 0}}, profile="quick")
+    write_chapter(tmp_path, "00_data", {"verdicts": {"reproduced": 3, "partially": 1, "not": 0}}, profile="quick",
+                  cli={"SEEDS": [0], "EPOCHS": 5})
     results = (rows("loo_sampled", "HR@5", {"Teacher": [0.50, 0.52], "Student": [0.44, 0.46], "RD": [0.45, 0.47]})
                + rows("loo_sampled", "NDCG@5", {"Student": [0.3, 0.3]})
                + rows("loo_sampled", "HR@5", {"RD": [0.1]}, num_topk=50))  # a sweep point: not a main run
@@ -55,7 +56,7 @@ def test_scorecard_counts_per_chapter_and_table(reports):
     assert card.loc["00_data", "cells_reproduced"] == 3 and pd.isna(card.loc["00_data", "gains_not"])
     table = scorecard.readme_table(scorecard.scorecard(reports))
     assert "| 04_rrd | derrd_table2_main_phi0.1 | paper | 5 / 1 / 2 | 3 / 0 / 1 | 4 / 1 / 0 |" in table
-    assert "| 00_data | – | quick | 3 / 1 / 0 | not recorded | not recorded |" in table
+    assert "| 00_data | – | quick + 2 overrides | 3 / 1 / 0 | not recorded | not recorded |" in table
 
 
 def test_misses_and_efficiency_points_by_hand(reports):
