@@ -6,7 +6,8 @@
   the target head's best validation epoch; long-form results and the per-generation validation log.
 - :func:`complementarity` / :func:`overlap_heatmap`: which test interactions each SingleCF hits in its
   top-K that no other model hits, and the pairwise overlap of the hits.
-- :func:`validation_curves`: heads and consensus over training, the warm-up/CL boundary, reference lines.
+- :func:`validation_curves`: heads and consensus over training, the warm-up/CL boundary, reference lines;
+  :func:`balancing_weights`: the GradNorm weights of one fit over training.
 - :func:`inference_cost`: parameters and top-K time of the kept head, SingleCF and all heads (consensus).
 - :func:`claim_list`: the paper's claims in the spelling of :func:`kdrepro.paper.claim_verdicts`.
 """
@@ -312,6 +313,22 @@ def validation_curves(log: pd.DataFrame, lines: Mapping[str, tuple[str, str]], m
         ax.set_xlabel("epoch")
         ax.set_title(f"validation {metric}", fontsize="medium")
     axes[0][-1].legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def balancing_weights(item: ConCFFit, ax=None) -> Figure:
+    """The heads' balancing weights w_x at the start of every epoch of one fit (renormalised to sum to the
+    number of heads before each step; flat at 1 without balancing)."""
+    weights = pd.DataFrame(item.module.weight_log).set_index("epoch")
+    fig, ax = _axes(ax, (6.0, 3.6))
+    for head in weights.columns:
+        ax.plot(weights.index, weights[head].to_numpy(), label=HEAD_LABELS.get(head, head))
+    ax.axvline(item.module.config.warmup_epochs, color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("w (start of epoch)")
+    ax.set_title(f"{item.run.label}, seed {item.seed}: balancing weights", fontsize="medium")
+    ax.legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
