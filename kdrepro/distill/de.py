@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from kdrepro.distill._kernels import bf16_supported, dense_mixture, sparse_mixture
+from kdrepro.distill._kernels import DENSE_FROM, bf16_supported, dense_mixture, sparse_mixture
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_noise, uniform_init
 
 if TYPE_CHECKING:
@@ -127,9 +127,9 @@ class ExpertBank(nn.Module):
         if self.min_weight > 0:
             selection = selection * (selection.detach() >= self.min_weight)
         weights = (self.w1, self.b1, self.w2, self.b2)
-        if 2 * int(torch.count_nonzero(selection.detach())) >= selection.numel():
-            bf16 = self.precision == "bf16" and bf16_supported(h.device)
-            return dense_mixture(h, selection, *weights, torch.bfloat16 if bf16 else torch.float32)
+        dtype = torch.bfloat16 if self.precision == "bf16" and bf16_supported(h.device) else torch.float32
+        if int(torch.count_nonzero(selection.detach())) >= DENSE_FROM[dtype] * selection.numel():
+            return dense_mixture(h, selection, *weights, dtype)
         return sparse_mixture(h, selection, *weights)
 
 
