@@ -23,8 +23,8 @@ r^x of each head, for the distinct users of a batch:
 
     L^x_CL = −Σ_u Σ_{k=1..K} [ r^x_{uπ_k} − log( Σ_{l=k..K} e^{r^x_{uπ_l}} + Σ_{j=K+1..N} e^{r^x_{uπ_j}} ) ]
 
-**Balancing** (GradNorm, Chen et al., ICML'18): with G_x = w_x ‖∇_W L^x‖ the norm of head x's gradient on the
-shared embeddings W, L̃_x = L^x_CF / L^x_CF(first batch) and r_x = L̃_x / mean(L̃),
+**Balancing** (GradNorm, Chen et al., ICML'18): with G_x = w_x ‖∇_W (L^x_CF + α L^x_CL)‖ the norm of head x's
+gradient on the shared embeddings W, L̃_x = L^x_CF / L^x_CF(first batch) and r_x = L̃_x / mean(L̃),
 
     L_grad = Σ_x | G_x − mean(G) · r_x^τ |,      τ = 0.15 (target held constant)
 
@@ -288,7 +288,6 @@ class ConCF(nn.Module):
         self.consensus: torch.Tensor | None = None
         self.log: list[dict] = []
         self.weight_log: list[dict] = []
-        self.generator = torch.Generator().manual_seed(0)
         self._epoch, self._pairs_seen, self._generate_now = 0, 0, False
         self._user_order = torch.arange(split.num_users)
         self._item_order = torch.arange(split.num_items)
@@ -300,7 +299,7 @@ class ConCF(nn.Module):
     # Epoch bookkeeping -----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         cfg = self.config
-        self.generator, self._epoch, self._pairs_seen = generator, epoch, 0
+        self._epoch, self._pairs_seen = epoch, 0
         self._user_order = torch.randperm(self.num_users, generator=generator)
         self._item_order = torch.randperm(self.num_items, generator=generator)
         wants_consensus = cfg.consensus_learning or cfg.track_heads
@@ -459,7 +458,7 @@ class ConCF(nn.Module):
         self._gathered = {}
         if self.balanced:
             renormalize_(self.weights, cfg.weight_min, cfg.weight_max)
-            # Norms captured in the previous backward pass were of w_x·L^x: divide by those w_x.
+            # Norms captured in the previous backward pass were of w_x·(L^x_CF + α L^x_CL): divide by those w_x.
             previous = self._grad_sq.sqrt() / self._grad_weights
             self._grad_sq.zero_()
             self._grad_weights = self.weights.detach().clone()
@@ -480,7 +479,7 @@ class ConCF(nn.Module):
             if torch.isnan(self.initial_losses).any():
                 self.initial_losses.copy_(current)
             if self._have_grads:
-                terms["balance"] = gradnorm_loss(self.weights, previous, current / self.initial_losses,
+                terms["balance"] = gradnorm_loss(self.weights, previous, current / self.initial_losses.clamp(min=1e-12),
                                                  cfg.gradnorm_tau)
             self._have_grads = True
         return terms
