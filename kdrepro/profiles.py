@@ -309,12 +309,14 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "NUM_REST": 20,
         },
         "quick": {
-            # Four teacher kinds (MF, CML, Mult-VAE, item-AE) at 64-d; NeuMF (a full ranking of every user costs
-            # ~1 min of one core at 64-d, and a trajectory needs one per validation) and LightGCN (~12 s an epoch:
-            # full-graph propagation per batch) are left to the paper profile. Teachers: at most 40 epochs at the
-            # quick learning rate, validated every 5. Students: one seed, 40 epochs, knowledge construction every
-            # 5 epochs so the trajectories can be walked. Estimated from measured CPU seconds on one thread (see
-            # the chapter's report): teachers ~9 min, students ~7 min (DCD ~3 of them): about 16 minutes.
+            # Four teacher kinds (MF, CML, Mult-VAE, item-AE) at 64-d; NeuMF (one full ranking of every user: 58 s
+            # of CPU at 64-d, and a trajectory needs about two per validation) and LightGCN (6.7 s an epoch: full-
+            # graph propagation per batch) are left to the paper profile. Teachers: at most 40 epochs at the quick
+            # learning rate, validated every 5. Students: one seed, 40 epochs, knowledge construction every 5
+            # epochs so the trajectories can be walked. Estimated from CPU seconds measured on one thread
+            # (teacher epochs MF 0.33, CML 0.38, Mult-VAE 1.35, item-AE 2.67; rankings 0.7-1.4 s; student epochs
+            # HetComp 0.96, DCD 3.1, RRD 0.55; a construction 1.4 s): teachers ~4.5 min, students ~6 min (DCD 2 of
+            # them), inference timing ~0.5 min: about 11 minutes on an idle core.
             "TEACHER_KINDS": ["bpr", "cml", "vae", "item_ae"],
             "TEACHER_EPOCHS": 40,
             "TEACHER_EVAL_EVERY": 5,
@@ -324,9 +326,9 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         },
         "paper": {
             # HetComp's student schedule (validation Recall@50 every 10 epochs, patience 5) instead of the common
-            # block's; six teachers up to 500 epochs. Estimated at 8-10 hours on 2 CPU cores: LightGCN (~12 s an
-            # epoch) and NeuMF's validations (~1 min each, twice with the trajectory's ranking) dominate the
-            # teachers (~5 h); 21 student fits of a few hundred epochs (~3 h, DCD the costliest).
+            # block's; six teachers up to 500 epochs. Estimated on one core, assuming ~300 teacher and ~400 student
+            # epochs: teachers ~2.8 h (NeuMF's ~100 full rankings ~1.7 h, LightGCN ~35 min), 21 student fits
+            # ~2.9 h (DCD ~1 h of it): about 6 hours.
             "EVAL_EVERY": 10,
             "PATIENCE": 5,
         },
