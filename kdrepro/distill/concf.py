@@ -459,9 +459,9 @@ class ConCF(nn.Module):
         if self.balanced:
             renormalize_(self.weights, cfg.weight_min, cfg.weight_max)
             # Norms captured in the previous backward pass were of w_x·(L^x_CF + α L^x_CL): divide by those w_x.
-            previous = self._grad_sq.sqrt() / self._grad_weights
+            previous = (self._grad_sq.sqrt() / self._grad_weights).to(self.weights.device)
             self._grad_sq.zero_()
-            self._grad_weights = self.weights.detach().clone()
+            self._grad_weights = self.weights.detach().cpu()
         losses, cl_losses = [], []
         for index, head in enumerate(cfg.heads):
             loss, cl = self._head_loss(model, index, head, ids)
