@@ -21,6 +21,7 @@ Executor settings come from arguments or, read once, ``KDREPRO_EXECUTOR`` (seria
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
 from kdrepro.splits import Split, load_split
 from kdrepro.store import Store, code_digest
-from kdrepro.train import FitResult, TrainConfig, fit, resolve_device
+from kdrepro.train import PLAN_FILE_ENV, FitResult, TrainConfig, fit, resolve_device
 from kdrepro.types import TeacherOutputs
 
 EXECUTORS = ("serial", "local", "ray")
@@ -62,9 +63,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCH_SECONDS = {"models": 0.6, "de": 12.0, "htd": 13.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
                  "phr": 1.0, "fitnet": 0.6, "ftd": 0.6}
 VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "kdrepro")
-# Set while a chapter is executed to enumerate its fits (see collect_jobs): run_jobs appends every job it
-# is given to this file (JSON lines) and fits nothing.
-PLAN_FILE_ENV = "KDREPRO_PLAN_FILE"
+# PLAN_FILE_ENV (kdrepro.train) is set while a chapter is executed to enumerate its fits (see collect_jobs):
+# run_jobs appends every job it is given to that file (JSON lines), and fit refuses to train.
 PLACEHOLDER = {"test": {}, "valid": {}, "history": [], "best_epoch": None, "epochs_run": None, "seconds": None,
                "epoch_s": None, "parameters": None, "kd_parameters": None}
 
@@ -181,9 +181,13 @@ class Executor:
 MODEL_KIND, STUDENT_KIND, MODULE_KIND = teachers.MODEL_KIND, "students", "kd_modules"
 
 
+@functools.cache
 def method_code_digest(spec: str | None, model_name: str) -> str:
     """The code behind a fit: the training loop, the model's file, and for a distilled student
-    ``distill/base.py``, the teacher outputs code and each method's file with the method files it imports."""
+    ``distill/base.py``, the teacher outputs code and each method's file with the method files it imports.
+
+    Computed once per process: the code this process runs is the code it imported (a source edited
+    meanwhile is not running here), and every job of a run gets one consistent key."""
     if spec is None:
         return teachers.model_code_digest(model_name)
     files: set[str] = {"distill/base.py", "teachers.py"}
@@ -215,13 +219,17 @@ class FitJob:
     top_n: tuple[int, int] = (500, 500)
     record_selection: bool = False
     labels: Mapping[str, Any] = field(default_factory=dict)  # chapter, base, method, run keys (for people)
+    code: str = ""  # digest of the code behind the fit, fixed when the job is made (method_code_digest)
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            object.__setattr__(self, "code", method_code_digest(self.spec, self.model["name"]))
 
     @property
     def described(self) -> dict:
         """What decides the fit (hashed into its key, recorded in its ledger entry)."""
         train = teachers.relevant_train(TrainConfig(**self.train))
-        out = {"split": self.split[1], "model": self.model, "train": train, "seed": self.seed,
-               "code": method_code_digest(self.spec, self.model["name"])}
+        out = {"split": self.split[1], "model": self.model, "train": train, "seed": self.seed, "code": self.code}
         if self.spec is not None:
             out.update(spec=self.spec, configs=dict(self.configs), teacher=self.teacher.key,
                        top_n=list(self.top_n), selection=self.record_selection)

@@ -640,7 +640,7 @@ def _expert_colours(count: int):
 def selection_map_plot(frame: pd.DataFrame, num_experts: int | None = None, ax=None) -> Figure:
     """The expert each user (rows) selects after each epoch (columns): one colour per expert (Fig. 6).
 
-    ``frame``: from ``experiments.selection_map`` (users sorted by their final expert, so that groups of
+    ``frame``: from ``tables.selection.selection_map`` (users sorted by their final expert, so that groups of
     users sharing an expert form bands once the selection has settled).
     """
     fig, ax = _axes(ax, figsize=(max(4.0, 0.7 * frame.shape[1] + 2.5), 5.0))
@@ -660,7 +660,7 @@ def selection_map_plot(frame: pd.DataFrame, num_experts: int | None = None, ax=N
 
 
 def selection_dynamics(summary: pd.DataFrame) -> Figure:
-    """Two panels from ``experiments.selection_summary``: how settled the selection is (share of users
+    """Two panels from ``tables.selection.selection_summary``: how settled the selection is (share of users
     that changed expert, usage entropy) and how alike the users sharing an expert are (cosine of their
     teacher representations, against all user pairs)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -680,7 +680,7 @@ def selection_dynamics(summary: pd.DataFrame) -> Figure:
 
 
 def ranked_view(table: pd.DataFrame, precision: int = 4):
-    """Display version of ``experiments.design_choice_table``: one row per (base, variant); per metric our
+    """Display version of ``tables.compare.design_choice_table``: one row per (base, variant); per metric our
     mean ± std and the paper's value, each followed by its rank among the variants (1 = best)."""
     variants = table.groupby("base")["variant"].nunique().max() if len(table) else 0
     if variants < 2:

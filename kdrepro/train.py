@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ from kdrepro.sampling import PairSet, sample_outside
 from kdrepro.splits import Split
 from kdrepro.types import Batch
 
+# Set while a campaign enumerates a chapter's fits (kdrepro.jobs.collect_jobs): nothing may train then.
+PLAN_FILE_ENV = "KDREPRO_PLAN_FILE"
 DEFAULT_MONITOR = {"loo_sampled": "NDCG@10", "loo_full": "Recall@50", "holdout": "Recall@50"}
 # Objectives over whole training rows, for the models that declare a ``row_side`` (autoencoders).
 ROW_LOSSES = {"multinomial": multinomial_loss}
@@ -59,8 +62,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite {'positive' if name == 'lr' else 'non-negative'} "
-                                 f"number, got {value}")
+                sign = "positive" if name == "lr" else "non-negative"
+                raise ValueError(f"TrainConfig.{name} must be a finite {sign} number, got {value}")
         if self.patience < 0:
             raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
 
@@ -202,6 +205,8 @@ def fit(
     gives the same initialisation. All sampling draws from a ``torch.Generator`` seeded with ``seed``.
     ``on_evaluate(epoch, model, valid_metrics)`` is called after every validation (to record a trajectory).
     """
+    if os.environ.get(PLAN_FILE_ENV):
+        raise RuntimeError(f"planning mode ({PLAN_FILE_ENV} is set): fits are enumerated, not trained")
     started = time.perf_counter()
     retain_freed_memory()
     torch.manual_seed(seed)

@@ -160,3 +160,17 @@ def test_a_killed_fill_resumes_and_ends_complete_and_consistent(synthetic_data, 
         assert opened is not None
         assert opened.json("metrics.json")["test"] == ledger.get(job)["test"]
     assert not list((tmp_path / "store").glob("**/.*.tmp"))
+
+
+def test_planning_mode_records_jobs_and_trains_nothing(synthetic_splits, tmp_path, monkeypatch):
+    split = synthetic_splits["loo_sampled"]
+    work = _jobs(split, tmp_path / "store")
+    plan_file = tmp_path / "plan.jsonl"
+    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(plan_file))
+    with pytest.raises(RuntimeError, match="planning mode"):
+        jobs.fit(ModelConfig("bpr", 4), split, CFG)
+    done = run_jobs(work, store=Store(tmp_path / "store"), ledger=Ledger(tmp_path / "results"))
+    assert {d.entry["test"] == {} and not d.trained for d in done.values()} == {True}
+    recorded = [jobs.FitJob.from_dict(json.loads(line)) for line in plan_file.read_text().splitlines()]
+    assert [j.key for j in recorded] == [j.key for j in {j.key: j for j in work}.values()]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "store" / "models").exists()
