@@ -48,7 +48,7 @@ from kdrepro.distill import build as build_method
 from kdrepro.distill.concf import ConCF, ConCFConfig
 from kdrepro.distill.hetcomp import HetComp, HetCompConfig, TeacherTrajectories, ensemble_outputs
 from kdrepro.evaluate import evaluate
-from kdrepro.heterogeneous import TEACHER_OBJECTIVES, teacher_train_config, top_n_items
+from kdrepro.trajectories import TEACHER_OBJECTIVES, teacher_train_config, top_n_items
 from kdrepro.models import ModelConfig, build
 from kdrepro.models.multihead import MultiHeadCF
 from kdrepro.teachers import compute_outputs
