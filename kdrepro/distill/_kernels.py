@@ -97,8 +97,12 @@ class _DenseMixture(torch.autograd.Function):
             # (weight 0, so output 0) pad n to a multiple of ROW_MULTIPLE, so that a few shapes recur.
             inputs = torch.nn.functional.pad(inputs, (0, 0, 0, -n % ROW_MULTIPLE))
         activations = torch.bmm(w1_aug.transpose(1, 2).contiguous(), inputs.transpose(1, 2))
-        # A (M, hidden, n) = s_m ReLU(W1_aug_mᵀ [h; 1]); in place only in float32 (slow in bfloat16).
-        activations = activations.relu_() if compute_dtype == torch.float32 else torch.relu(activations)
+        # A (M, hidden, n) = s_m ReLU(W1_aug_mᵀ [h; 1]). In bfloat16 through the bit pattern: a value is
+        # negative iff its int16 view is, so clamping that view at 0 is ReLU, exactly (4x faster on CPU).
+        if compute_dtype == torch.bfloat16:
+            activations.view(torch.int16).clamp_min_(0)
+        else:
+            activations.relu_()
         w2_flat = w2.reshape(num_experts * hidden_dim, d_out).to(compute_dtype)
         # (W2ᵀ A)ᵀ with W2ᵀ contiguous: the fast operand order for oneDNN's bfloat16 products.
         out = (w2_flat.t().contiguous() @ activations.flatten(0, 1)).t()[:n]
