@@ -355,10 +355,10 @@ def per_user_metrics(kd: KDResults, split: Split, methods: Sequence[str], which:
     item_of[users_held] = getattr(split, f"{which}_items")
     popularity = np.bincount(split.train_items, minlength=split.num_items)
     frames = []
-    for (base, method, keys, seed), model in kd.models.items():
+    for base, method, keys, seed in kd.models:  # only the models asked for are loaded (or refitted)
         if method not in methods or keys:
             continue
-        values = evaluate(model, split, which, per_user=True)
+        values = evaluate(kd.models[(base, method, keys, seed)], split, which, per_user=True)
         users = values.pop("user")
         frames.append(pd.DataFrame({"base": base, "method": method, "seed": seed, "user": users,
                                     "item": item_of[users], "popularity": popularity[item_of[users]], **values}))

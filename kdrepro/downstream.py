@@ -235,10 +235,10 @@ def tag_retrieval(
     if unknown:
         raise ValueError(f"unknown probes {unknown}; choose from {PROBES}")
     rows = []
-    for (base, method, keys, seed), model in models.items():
+    for base, method, keys, seed in models:  # keys first: only the models used are loaded
         if method not in methods or keys:
             continue
-        features = item_representation(model)
+        features = item_representation(models[(base, method, keys, seed)])
         for probe in probes:
             for probe_seed in probe_seeds:
                 rows.append({

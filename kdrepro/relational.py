@@ -129,7 +129,8 @@ def relational_gap(
     bad = [s for s in sides if s not in SIDES]
     if bad:
         raise ValueError(f"unknown sides {bad}; choose from {SIDES}")
-    teachers = {(b, s): m for (b, meth, keys, s), m in models.items() if meth == "Teacher" and not keys}
+    # Keys first: only the models used are loaded (KDResults.models loads, or refits, on access).
+    teachers = {(b, s): models[(b, meth, keys, s)] for (b, meth, keys, s) in models if meth == "Teacher" and not keys}
     rows = []
     for (base, run_seed), teacher in teachers.items():
         for side in sides:
@@ -137,10 +138,10 @@ def relational_gap(
             generator = torch.Generator().manual_seed(seed)
             anchors = sample_anchors(len(teacher_repr), num_anchors, generator)
             sets = neighbour_sets(teacher_repr, anchors, k, generator)
-            for (b, method, keys, s), model in models.items():
+            for b, method, keys, s in models:
                 if (b, s) != (base, run_seed) or method not in methods or keys:
                     continue
-                student_repr = _representations(model, side)
+                student_repr = _representations(models[(b, method, keys, s)], side)
                 for name, candidates in sets.items():
                     kl = relational_kl(teacher_repr, student_repr, anchors, candidates, temperature)
                     rows.append({"base": base, "method": method, "seed": run_seed, "side": side, "set": name,
