@@ -378,7 +378,7 @@ class HTD(DistillLoss):
         users = torch.unique(batch.users)
         items = torch.unique(torch.cat([batch.pos, batch.neg.reshape(-1)]))
         student_users, student_items = student.user_repr(users), student.item_repr(items)
-        teacher_users, teacher_items = self.user_repr[users], self.item_repr[items]
+        teacher_users, teacher_items = self.user_repr.index_select(0, users), self.item_repr.index_select(0, items)
         user_groups, user_assignment = self.assign("user", users, student_users, teacher_users)
         item_groups, item_assignment = self.assign("item", items, student_items, teacher_items)
         assignment = user_assignment + item_assignment
