@@ -110,7 +110,9 @@ def comparison_table(figures: dict[str, float]) -> str:
         met = "" if target is None else ("yes" if ours <= target else "no")
         low, high = authors or (None, None)
         authors_text = "" if authors is None else (f"{low:g}" if low == high else f"{low:g}-{high:g}")
-        ratio = "" if authors is None else (f"{low / ours:.1f}x" if low == high else f"{low / ours:.1f}-{high / ours:.1f}x")
+        ratio = "" if authors is None else f"{low / ours:.1f}x"
+        if authors is not None and low != high:
+            ratio = f"{low / ours:.1f}-{high / ours:.1f}x"
         target_text = "" if target is None else f"{target:g}"
         lines.append(f"{name:28s} {ours:8.3f} {target_text:>7s} {met:>4s} {authors_text:>9s} {ratio:>13s}")
     return "\n".join(lines)
