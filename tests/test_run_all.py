@@ -553,3 +553,28 @@ def test_a_stored_one_point_sweep_figure_becomes_not_run():
     [shown] = nb.cells[3].outputs
     assert "Not run in this profile" in shown.data["text/html"] and "lambda_rrd" in shown.data["text/html"]
     assert "image/png" in nb.cells[-1].outputs[0].data, "a two-point sweep is still drawn"
+
+
+def test_long_column_names_may_wrap_after_underscores():
+    markup = '<table><tr><th class="col_heading">paper_parameters_millions</th><td>a_b</td></tr></table>'
+    wrapped = render._breakable_headers(markup)
+    assert '<th class="col_heading">paper_<wbr>parameters_<wbr>millions</th>' in wrapped and "<td>a_b</td>" in wrapped
+
+
+def _bar_state(visibility: str | None) -> dict:
+    layout = {"state": {"visibility": visibility}} if visibility else {"state": {}}
+    return {
+        "box": {
+            "state": {"children": ["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"], "layout": "IPY_MODEL_lay"}
+        },
+        "lay": layout,
+        "left": {"state": {"_model_name": "HTMLModel", "value": "epochs:&nbsp;100%"}},
+        "bar": {"state": {"max": 2, "value": 2}},
+        "right": {"state": {"_model_name": "HTMLModel", "value": "&nbsp;2/2&nbsp;[00:01&lt;00:00,&nbsp;1.5it/s]"}},
+    }
+
+
+def test_widget_bars_become_their_final_text_and_hidden_ones_vanish():
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "box"}}
+    assert render._widget_text(view, _bar_state(None)) == "epochs: 100% 2/2 [00:01<00:00, 1.5it/s]"
+    assert render._widget_text(view, _bar_state("hidden")) is None, "leave=False bars are cleared, as in a terminal"

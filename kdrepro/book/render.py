@@ -57,18 +57,21 @@ def collapse_progress(text: str) -> str:
 
 
 def _widget_text(data: Mapping, state: Mapping) -> str | None:
-    """A tqdm widget bar's final state as text, from the stored widget state (None if unavailable)."""
-    view = data.get(_WIDGET, {})
-    box = state.get(view.get("model_id"), {}).get("state", {})
-    children = [state.get(str(c).replace("IPY_MODEL_", ""), {}).get("state", {}) for c in box.get("children", [])]
-    bars = [c for c in children if "max" in c and "value" in c]
-    texts = [c.get("value", "") for c in children if c.get("_model_name") == "HTMLModel"]
-    if not bars:
+    """A tqdm widget bar's final text, from the stored widget state; None when there is none or when the bar
+    was hidden on closing (``leave=False``: a terminal would have cleared it too)."""
+
+    def model(ref: Any) -> Mapping:
+        return state.get(str(ref).replace("IPY_MODEL_", ""), {}).get("state", {})
+
+    box = model(data.get(_WIDGET, {}).get("model_id"))
+    if model(box.get("layout")).get("visibility") == "hidden":
         return None
-    bar = bars[0]
-    pct = 100 * bar["value"] / bar["max"] if bar.get("max") else 0
-    left, right = (texts + ["", ""])[:2]
-    return html.unescape(re.sub(r"<[^>]+>", "", f"{left} {pct:3.0f}% {right}")).strip()
+    children = [model(c) for c in box.get("children", [])]
+    if not any("max" in c and "value" in c for c in children):
+        return None
+    texts = [c.get("value", "") for c in children if c.get("_model_name") == "HTMLModel"]
+    text = html.unescape(re.sub(r"<[^>]+>", "", " ".join(texts))).replace("\xa0", " ")
+    return re.sub(r" {2,}", " ", text).strip() or None
 
 
 class WidgetsToText(Preprocessor):
@@ -287,7 +290,7 @@ class ChapterPage(Preprocessor):
                 if table:
                     data["text/html"] = table
             if "text/html" in data:
-                data["text/html"] = _align_text_cells(data["text/html"])
+                data["text/html"] = _breakable_headers(_align_text_cells(data["text/html"]))
             if "image/png" in data:
                 name = figure["name"].replace("_", " ") if figure else "figure"
                 meta = out.setdefault("metadata", {}).setdefault("image/png", {})
@@ -335,6 +338,14 @@ def _align_text_cells(markup: str) -> str:
         return f'<td class="t"{attrs}>{content}</td>'
 
     return _TD.sub(cell, markup)
+
+
+_TH = re.compile(r"<th([^>]*)>([^<]*)</th>")
+
+
+def _breakable_headers(markup: str) -> str:
+    """Column names such as ``paper_parameters_millions`` may wrap after their underscores."""
+    return _TH.sub(lambda m: f"<th{m[1]}>{m[2].replace('_', '_<wbr>')}</th>", markup)
 
 
 def _toc(body: str) -> str:
