@@ -25,6 +25,8 @@ import torch
 from matplotlib.figure import Figure
 
 from kdrepro.evaluate import evaluate
+from kdrepro.jobs import decode_ranks
+from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics_from_ranks
 from kdrepro.train import DEFAULT_MONITOR
 
 if TYPE_CHECKING:
@@ -358,7 +360,14 @@ def per_user_metrics(kd: KDResults, split: Split, methods: Sequence[str], which:
     for base, method, keys, seed in kd.models:  # only the models asked for are loaded (or refitted)
         if method not in methods or keys:
             continue
-        values = evaluate(kd.models[(base, method, keys, seed)], split, which, per_user=True)
+        encoded = kd.test_ranks.get((base, method, keys, seed)) if which == "test" else None
+        if encoded:  # from the ledger: no weights needed
+            ranks = torch.from_numpy(decode_ranks(encoded))
+            values = {k: v.numpy() for k, v in
+                      per_user_metrics_from_ranks(ranks, PROTOCOL_METRICS[split.protocol], split.ks).items()}
+            values["user"] = np.unique(users_held)
+        else:
+            values = evaluate(kd.models[(base, method, keys, seed)], split, which, per_user=True)
         users = values.pop("user")
         frames.append(pd.DataFrame({"base": base, "method": method, "seed": seed, "user": users,
                                     "item": item_of[users], "popularity": popularity[item_of[users]], **values}))

@@ -20,6 +20,7 @@ Executor settings come from arguments or, read once, ``KDREPRO_EXECUTOR`` (seria
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import json
@@ -49,6 +50,7 @@ from kdrepro._io import stable_hash, write_json
 from kdrepro.distill import build as build_method
 from kdrepro.distill import make_config
 from kdrepro.efficiency import count_parameters
+from kdrepro.evaluate import evaluate
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
 from kdrepro.splits import Split, load_split
@@ -303,6 +305,26 @@ def _fit_summary(result: FitResult, kd_parameters: int) -> dict:
             "parameters": count_parameters(result.model), "kd_parameters": kd_parameters}
 
 
+LEAVE_ONE_OUT = ("loo_sampled", "loo_full")
+
+
+def held_out_ranks(model: torch.nn.Module, split: Split) -> str | None:
+    """Leave-one-out protocols: each test user's held-out item rank (1-based; 0 beyond the top max k), as
+    base64 bytes in the order of the test users, from which every per-user metric follows
+    (:func:`kdrepro.metrics.per_user_metrics_from_ranks`): the popularity breakdowns need no weights."""
+    if split.protocol not in LEAVE_ONE_OUT:
+        return None
+    ndcg = evaluate(model, split, "test", per_user=True)[f"NDCG@{max(split.ks)}"]
+    inside = ndcg > 0  # NDCG@k of one relevant item is 1 / log2(rank + 1) within the top k, else 0
+    ranks = np.zeros(len(ndcg), dtype=np.uint8)
+    ranks[inside] = np.rint(2.0 ** (1.0 / ndcg[inside]) - 1)
+    return base64.b64encode(ranks.tobytes()).decode()
+
+
+def decode_ranks(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint8).astype(np.int64)
+
+
 def execute(item: tuple[FitJob, Split, TeacherOutputs | None]) -> FitOutcome:
     """Run one fit (in a worker or in the driver); it writes nothing."""
     job, split, outputs = item
@@ -319,9 +341,11 @@ def execute(item: tuple[FitJob, Split, TeacherOutputs | None]) -> FitOutcome:
         epochs, experts = selection_log.finish(len(result.history))
         selection = {"epochs": epochs, "experts": experts}
     keep_module = module is not None and job.kind == MODULE_KIND
+    summary = _fit_summary(result, kd_parameters)
+    summary["test_ranks"] = held_out_ranks(result.model, split)
     return FitOutcome(
         key=job.key, state={k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-        result=_fit_summary(result, kd_parameters), history=result.history, config=result.config,
+        result=summary, history=result.history, config=result.config,
         module_state={k: v.detach().cpu() for k, v in module.state_dict().items()} if keep_module else None,
         selection=selection, threads=torch.get_num_threads(),
         device=str(resolve_device(job.train_config.device)))
@@ -448,7 +472,7 @@ class Ledger:
             "labels": dict(job.labels), "described": job.described, "job": job.to_dict(),
             "test": outcome_result["test"], "valid": outcome_result["valid"],
             **{k: outcome_result.get(k) for k in ("best_epoch", "epochs_run", "seconds", "epoch_s", "parameters",
-                                                   "kd_parameters")},
+                                                   "kd_parameters", "test_ranks")},
             "threads": threads, "device": device, "versions": self._versions, "git_sha": self._git,
             "history": compact_history(history),
         }

@@ -81,3 +81,15 @@ def per_user_metrics(
         for name in names
         for k in ks
     }
+
+
+def per_user_metrics_from_ranks(ranks: torch.Tensor, names: tuple[str, ...], ks: tuple[int, ...]
+                                ) -> dict[str, torch.Tensor]:
+    """Leave-one-out protocols (one held-out item per user): every metric from the held-out item's 1-based
+    rank among the candidates (0: not within the top ``max(ks)``), through :func:`per_user_metrics`."""
+    max_k = max(ks)
+    ranked = torch.arange(max_k).expand(len(ranks), -1)
+    relevant = torch.zeros((len(ranks), max_k), dtype=torch.bool)
+    inside = (ranks > 0) & (ranks <= max_k)
+    relevant[torch.nonzero(inside).ravel(), ranks[inside] - 1] = True
+    return per_user_metrics(ranked, relevant, names, ks, torch.ones(len(ranks), dtype=torch.long))

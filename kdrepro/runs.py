@@ -282,6 +282,8 @@ class KDResults:
     - ``models``: ``{(base, method, keys, seed): trained model}``; ``keys`` a tuple of (name, value).
     - ``selections``: the same keys → :class:`Selection`, for the runs with DE.
     - ``outputs``: ``{(base, seed): TeacherOutputs}`` of the teachers used.
+    - ``test_ranks``: the ``models`` keys → the ledger's held-out item ranks (leave-one-out protocols; see
+      :func:`kdrepro.jobs.held_out_ranks`), from which per-user metrics follow without weights.
 
     ``models``, ``selections`` and ``outputs`` are read from the store when first accessed (fitted
     when the store lacks them): sections that need weights say so by reading them.
@@ -293,6 +295,7 @@ class KDResults:
     models: Mapping = field(default_factory=dict, repr=False)
     selections: Mapping = field(default_factory=dict, repr=False)
     outputs: Mapping = field(default_factory=dict, repr=False)
+    test_ranks: Mapping = field(default_factory=dict, repr=False)  # same keys → the ledger's held-out ranks
 
     def find(self, store: str, base: str, method: str, seed: int | None = None, **keys):
         """The entry of ``models``/``selections`` for (base, method, seed, keys); first seed by default."""
@@ -461,7 +464,7 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
     done = run_jobs([job for _, job in cells.values()], store=store)
     _report("run_kd", done, len(cells))
     results, histories, fits = [], [], []
-    selections, outputs = {}, {}
+    selections, outputs, test_ranks = {}, {}, {}
     for (base, method, keys, seed), (run, job) in cells.items():
         finished = done[job.key]
         labels = {"dataset": job.dataset, "protocol": setting.split.protocol, "base": base, "method": method,
@@ -470,6 +473,8 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
         short = {k: v for k, v in labels.items() if k not in ("dataset", "protocol")}
         histories.append(history_frame(finished.entry["history"], **short))
         fits.append({**short, "dim": job.model["dim"], **_fit_row(finished.entry, finished.trained)})
+        if finished.entry.get("test_ranks"):
+            test_ranks[(base, method, keys, seed)] = finished.entry["test_ranks"]
         if job.record_selection:
             selections[(base, method, keys, seed)] = _selection_loader(store, job)
         if job.teacher is not None and (base, seed) not in outputs:
@@ -477,7 +482,7 @@ def run_kd(setting: KDSetting, runs: Sequence[KDRun]) -> KDResults:
     return KDResults(
         results=_concat(results), histories=_concat(histories), fits=pd.DataFrame(fits),
         models=Lazy({cell: _model_loader(store, job) for cell, (_, job) in cells.items()}),
-        selections=Lazy(selections), outputs=Lazy(outputs),
+        selections=Lazy(selections), outputs=Lazy(outputs), test_ranks=test_ranks,
     )
 
 

@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from kdrepro import jobs, runs
+from kdrepro.evaluate import evaluate
 from kdrepro.jobs import ExecutorSettings, Ledger, run_jobs
+from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics_from_ranks
 from kdrepro.models import ModelConfig
 from kdrepro.store import Store
 from kdrepro.train import TrainConfig
@@ -174,3 +177,17 @@ def test_planning_mode_records_jobs_and_trains_nothing(synthetic_splits, tmp_pat
     recorded = [jobs.FitJob.from_dict(json.loads(line)) for line in plan_file.read_text().splitlines()]
     assert [j.key for j in recorded] == [j.key for j in {j.key: j for j in work}.values()]
     assert not (tmp_path / "results").exists() and not (tmp_path / "store" / "models").exists()
+
+
+@pytest.mark.parametrize("protocol", ["loo_sampled", "loo_full"])
+def test_the_ledger_s_held_out_ranks_give_every_per_user_metric(synthetic_splits, tmp_path, protocol):
+    split = synthetic_splits[protocol]
+    store = Store(tmp_path / "store")
+    job = jobs.model_job(jobs.split_entry(store, split), split, ModelConfig("bpr", 8), CFG, 0)
+    entry = run_jobs([job], store=store, ledger=Ledger(tmp_path / "results"), log=lambda _: None)[job.key].entry
+    ranks = torch.from_numpy(jobs.decode_ranks(entry["test_ranks"]))
+    from_ranks = per_user_metrics_from_ranks(ranks, PROTOCOL_METRICS[protocol], split.ks)
+    direct = evaluate(jobs.load_model(store, job), split, "test", per_user=True)
+    assert set(from_ranks) == set(direct) - {"user"}
+    for name, values in from_ranks.items():
+        np.testing.assert_allclose(values.numpy(), direct[name], rtol=0, atol=1e-6)
