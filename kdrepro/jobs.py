@@ -584,6 +584,7 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
     total, count, started = len(first) + len(second), 0, time.time()
     executor = Executor(settings)
     splits: dict[tuple[str, str], Split] = {}
+    outputs_of: dict[tuple[str, tuple[int, int]], TeacherOutputs] = {}  # one load per teacher, not per student
     for phase in (first, second):
         if not phase:
             continue
@@ -593,7 +594,12 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
                 job = dataclasses.replace(job, train={**job.train, "progress": False})
             if job.split not in splits:
                 splits[job.split] = load_job_split(store, job)
-            outputs = teacher_outputs(store, job, splits[job.split]) if job.teacher is not None else None
+            outputs = None
+            if job.teacher is not None:
+                wanted = (job.teacher.key, tuple(job.top_n))
+                if wanted not in outputs_of:
+                    outputs_of[wanted] = teacher_outputs(store, job, splits[job.split])
+                outputs = outputs_of[wanted]
             items.append((job, splits[job.split], outputs))
         by_key = {job.key: job for job in phase}
         for outcome in executor.map(execute, items):
