@@ -595,17 +595,20 @@ def run(
                 for m in manifests
             ],
         }
-        write_index(reports_dir, stems, run_info)
+        write_index(reports_dir, stems, run_info, notebooks_dir)
     return manifests
 
 
-def write_index(reports_dir: Path, stems: Sequence[str], run_info: dict | None = None) -> Path:
+def write_index(
+    reports_dir: Path, stems: Sequence[str], run_info: dict | None = None, notebooks_dir: Path = NOTEBOOKS_DIR
+) -> Path:
     """``manifest.json`` (the last run + every chapter's manifest) and ``index.html``."""
     latest = {stem: glance.read_json(reports_dir / stem / "manifest.json") for stem in stems}
     if run_info is None:
         run_info = (glance.read_json(reports_dir / "manifest.json") or {}).get("run", {})
     write_json(reports_dir / "manifest.json", {"run": run_info, "notebooks": {k: v for k, v in latest.items() if v}})
-    path = index.write(reports_dir, stems)
+    titles = {stem: render.notebook_title(Path(notebooks_dir) / f"{stem}.ipynb") for stem in stems}
+    path = index.write(reports_dir, stems, titles)
     make_readable(reports_dir / "manifest.json")
     return path
 
@@ -637,5 +640,5 @@ def render_only(
             make_readable(folder)
             manifests.append(manifest)
             log(f"[{stem}] re-rendered from {stem}/{stem}.ipynb (run of {manifest.get('started')})")
-        write_index(reports_dir, stems)
+        write_index(reports_dir, stems, notebooks_dir=notebooks_dir)
     return manifests

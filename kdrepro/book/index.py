@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jinja2
@@ -24,7 +24,7 @@ def _headline(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def chapter_row(reports_dir: Path, stem: str) -> dict:
+def chapter_row(reports_dir: Path, stem: str, title: str | None = None) -> dict:
     folder = reports_dir / stem
     manifest = glance.read_json(folder / "manifest.json") or {}
     metrics = glance.read_json(folder / "metrics.json") or {}
@@ -40,7 +40,7 @@ def chapter_row(reports_dir: Path, stem: str) -> dict:
     return {
         "stem": stem,
         "number": stem[:2],
-        "title": re.sub(rf"^{stem[:2]}\s*·\s*", "", manifest.get("title") or stem),
+        "title": re.sub(rf"^{stem[:2]}\s*·\s*", "", manifest.get("title") or title or stem),
         "href": f"{stem}.html" if (reports_dir / f"{stem}.html").exists() else None,
         "has_manifest": bool(manifest),
         "run": glance.run_summary(manifest) if manifest else None,
@@ -55,10 +55,10 @@ def chapter_row(reports_dir: Path, stem: str) -> dict:
     }
 
 
-def write(reports_dir: Path, stems: Sequence[str]) -> Path:
+def write(reports_dir: Path, stems: Sequence[str], titles: Mapping[str, str] | None = None) -> Path:
     """Write ``<reports>/index.html`` atomically (0644)."""
     page = _ENV.get_template("index.html.j2").render(
-        chapters=[chapter_row(reports_dir, stem) for stem in stems],
+        chapters=[chapter_row(reports_dir, stem, (titles or {}).get(stem)) for stem in stems],
         css=(TEMPLATES / "kdrepro" / "static" / "kdrepro.css").read_text(encoding="utf-8"),
     )
     path = reports_dir / "index.html"
