@@ -283,6 +283,9 @@ def bridge_similarity_plot(pairs: pd.DataFrame, ax=None, bins: int = 10) -> Figu
 # --------------------------------------------------------------------------------------------------
 
 
+PANELS_PER_ROW = 2
+
+
 def training_panels(
     histories: pd.DataFrame, columns: Sequence[str], row: str = "base", hue: str = "method",
     log_y: Sequence[str] = (),
@@ -295,15 +298,22 @@ def training_panels(
     values = list(dict.fromkeys(histories[row])) if row in histories else [None]
     order = list(dict.fromkeys(histories[hue]))
     palette = dict(zip(order, sns.color_palette("deep", len(order)), strict=True))
-    fig, axes = plt.subplots(len(values), len(columns), figsize=(4.4 * len(columns), 3.4 * len(values)),
+    # At most PANELS_PER_ROW panels side by side: a page column shows the figure at a readable size.
+    width = min(len(columns), PANELS_PER_ROW)
+    lines = -(-len(columns) // width)
+    fig, axes = plt.subplots(len(values) * lines, width, figsize=(4.4 * width, 3.4 * len(values) * lines),
                              squeeze=False)
     plt.close(fig)
+    for i in range(len(values)):
+        for j in range(len(columns), lines * width):  # the empty places of a base's last line of panels
+            axes[i * lines + j // width][j % width].set_visible(False)
     for i, value in enumerate(values):
         rows = histories if value is None else histories[histories[row] == value]
         for j, column in enumerate(columns):
-            ax = axes[i][j]
+            ax = axes[i * lines + j // width][j % width]
             data = rows.dropna(subset=[column]) if column in rows else rows.iloc[0:0]
-            ax.set_title(column if value is None else f"{value} · {column}", fontsize="medium")
+            label = column.replace("valid/", "validation ").replace("loss/", "loss: ")
+            ax.set_title(label if value is None else f"{value} · {label}", fontsize="medium")
             if data.empty:
                 ax.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=ax.transAxes)
                 continue
@@ -311,6 +321,7 @@ def training_panels(
             sns.lineplot(data=data, x="epoch", y=column, hue=hue, hue_order=[m for m in order if m in set(data[hue])],
                          palette=palette, units=seeds, estimator=None if seeds else "mean", marker="o",
                          markersize=3, ax=ax)
+            ax.set_ylabel(label)
             if column in log_y:
                 ax.set_yscale("log")
             if ax.get_legend() is not None:

@@ -126,3 +126,21 @@ def test_single_cell_heatmaps_are_not_run():
 )
 def test_history_columns_become_words(column, label):
     assert report.axis_label(column) == label
+
+
+def test_training_panels_wrap_two_per_row():
+    from kdrepro import analysis
+
+    histories = pd.DataFrame(
+        [
+            {"base": b, "method": m, "seed": 0, "epoch": e, "loss/base": 10 / e, "loss/rrd": 5 / e, "valid/HR@5": e / 10}
+            for b in ("bpr", "neumf")
+            for m in ("RRD", "IR-RRD")
+            for e in range(1, 4)
+        ]
+    )
+    fig = analysis.training_panels(histories, ["loss/base", "loss/rrd", "valid/HR@5"])
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert fig.get_size_inches()[0] <= 2 * 4.4 + 1e-9, "at most two panels side by side"
+    assert [ax.get_title() for ax in shown][:3] == ["bpr · loss: base", "bpr · loss: rrd", "bpr · validation HR@5"]
+    assert len(shown) == 6
