@@ -247,3 +247,28 @@ def test_hetcomp_reads_a_single_teachers_outputs(split):
     outputs = teachers.compute_outputs(result.model, split, top_n=N, top_n_users=N)
     method = build("hetcomp", outputs, split, 8, hetcomp=small())
     assert method.state.shape == (1, split.num_users) and method.detailed.all()  # one checkpoint: converged
+
+
+def test_forward_is_the_phase_loss_of_each_distinct_user(split, trajectories):
+    """The module's term equals λ₁·overall on the users still walking and λ₂·detailed on the converged ones."""
+    method = HetComp(small(construction="fixed"), trajectories, split, 8)
+    method.construct(None)
+    method.construct(None)  # every teacher converged ...
+    half = split.num_users // 2
+    method.detailed[:half] = False  # ... but the first half of the users still in the overall phase
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("bpr", 8), split)
+    users, items = split.train_tensors()
+    idx = torch.arange(0, len(users), len(users) // 60)[:60]  # pairs of users across the whole range
+    idx = torch.cat([idx, idx])  # each user twice: the loss counts distinct users once
+    batch = Batch(users=users[idx], pos=items[idx], neg=items[idx, None], epoch=1)
+    term = method(model, batch)["hetcomp"]
+    distinct = torch.unique(batch.users)
+    first, second = distinct[distinct < half], distinct[distinct >= half]
+    observed, rest = method.samples[:, :10], method.samples[:, 10:]
+    expected = 0.01 * overall_loss(model.score(first, observed[first]), model.score(first, method.ensemble[first]),
+                                   model.score(first, rest[first]))
+    expected = expected + 0.005 * detailed_loss(model.score(second, observed[second]),
+                                                model.score(second, method.ensemble[second]))
+    assert len(first) and len(second)
+    assert float(term.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
