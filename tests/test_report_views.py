@@ -133,7 +133,15 @@ def test_training_panels_wrap_two_per_row():
 
     histories = pd.DataFrame(
         [
-            {"base": b, "method": m, "seed": 0, "epoch": e, "loss/base": 10 / e, "loss/rrd": 5 / e, "valid/HR@5": e / 10}
+            {
+                "base": b,
+                "method": m,
+                "seed": 0,
+                "epoch": e,
+                "loss/base": 10 / e,
+                "loss/rrd": 5 / e,
+                "valid/HR@5": e / 10,
+            }
             for b in ("bpr", "neumf")
             for m in ("RRD", "IR-RRD")
             for e in range(1, 4)
