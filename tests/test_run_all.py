@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -578,3 +579,28 @@ def test_widget_bars_become_their_final_text_and_hidden_ones_vanish():
     view = {"application/vnd.jupyter.widget-view+json": {"model_id": "box"}}
     assert render._widget_text(view, _bar_state(None)) == "epochs: 100% 2/2 [00:01<00:00, 1.5it/s]"
     assert render._widget_text(view, _bar_state("hidden")) is None, "leave=False bars are cleared, as in a terminal"
+
+
+@pytest.mark.parametrize("steps_done", [1, 3])
+def test_a_sigkill_during_publish_never_loses_the_last_good_report(tmp_path, steps_done):
+    reports = tmp_path / "reports"
+    folder, page = _report(reports, "00_x", "old")
+    staged, staged_page = _report(reports / ".staging" / "run-1", "00_x", "new")
+    script = f"""
+import os, signal
+from pathlib import Path
+from kdrepro.book import execute
+real, calls = os.replace, [0]
+def replace(src, dst):
+    if calls[0] == {steps_done}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls[0] += 1
+    real(src, dst)
+os.replace = replace
+execute.publish(*(Path(p) for p in {[str(staged), str(staged_page), str(folder), str(page)]!r}))
+"""
+    killed = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -signal.SIGKILL
+    execute.recover(reports, log=lambda *_: None)
+    assert ((folder / "metrics.json").read_text(), page.read_text()) == ("old", "old")
+    assert not list(reports.glob(".*.old"))
