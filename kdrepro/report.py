@@ -612,6 +612,12 @@ def heatmaps(panels: Mapping[str, pd.DataFrame], fmt: str = ".4f", cmap: str = "
     fig, axes = plt.subplots(1, count, figsize=(4.4 * count + 0.8, 3.8), squeeze=False)
     plt.close(fig)
     for ax, (title, matrix) in zip(axes[0], panels.items(), strict=False):
+        if matrix.size < 2:  # one cell is no grid: say so in its place, draw the panels beside it
+            ax.axis("off")
+            ax.set_title(title, fontsize="medium")
+            ax.text(0.5, 0.5, f"not run in this profile:\n{matrix.size} cell", ha="center", va="center",
+                    transform=ax.transAxes, color="#59636e")
+            continue
         labels = matrix.copy()
         labels.index = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.index]
         labels.columns = [f"{v:g}" if isinstance(v, int | float | np.number) else str(v) for v in matrix.columns]
@@ -622,8 +628,9 @@ def heatmaps(panels: Mapping[str, pd.DataFrame], fmt: str = ".4f", cmap: str = "
         ax.set_xlabel(SWEEP_LABELS.get(str(matrix.columns.name), matrix.columns.name or ""))
         ax.set_title(title, fontsize="medium")
     fig.tight_layout()
-    if shared:
-        bar = fig.colorbar(axes[0][0].collections[0], ax=list(axes[0]), fraction=0.03, pad=0.02)
+    drawn = [ax for ax in axes[0] if ax.collections]
+    if shared and drawn:
+        bar = fig.colorbar(drawn[0].collections[0], ax=list(axes[0]), fraction=0.03, pad=0.02)
         bar.set_label("one scale for all panels")
     return fig
 

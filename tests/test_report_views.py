@@ -152,3 +152,10 @@ def test_training_panels_wrap_two_per_row():
     assert fig.get_size_inches()[0] <= 2 * 4.4 + 1e-9, "at most two panels side by side"
     assert [ax.get_title() for ax in shown][:3] == ["bpr · loss: base", "bpr · loss: rrd", "bpr · validation HR@5"]
     assert len(shown) == 6
+
+
+def test_a_one_cell_panel_beside_a_grid_says_not_run():
+    fig = report.heatmaps({"ours: BPR, HR@5": pd.DataFrame([[0.4]]), "paper: BPR, HR@5": pd.DataFrame([[0.1, 0.2]])})
+    ours = fig.axes[0]
+    assert not ours.collections and "not run in this profile" in ours.texts[0].get_text()
+    assert fig.axes[1].collections, "the paper's grid is still drawn"
