@@ -12,7 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from kdrepro.paper import PAPER_BASES, PAPER_DATASETS, load_table, long_form, to_paper_names
+from kdrepro.paper import (
+    PAPER_BASES,
+    PAPER_DATASETS,
+    claim_verdicts,
+    load_table,
+    long_form,
+    paper_vs_ours,
+    to_paper_names,
+)
 from kdrepro.runs import TD_ASSIGNMENT_LABELS
 
 VARIANT_COLUMNS = ["base", "metric", "variant", "ours_mean", "ours_std", "n_seeds", "ours_rank", "paper", "paper_rank"]
@@ -93,6 +101,25 @@ def td_variant_table(
 ) -> pd.DataFrame:
     """TD's Tables 2 and 4: our variants next to the paper's values on the same dataset."""
     return variant_table(results, td_paper_variants(paper_table), metrics, on=("dataset", "base", "variant", "metric"))
+
+
+def td_variant_verdicts(
+    results: pd.DataFrame,
+    paper_table: str,
+    claims: Sequence[str],
+    metrics: Sequence[str] = ("Recall@50", "NDCG@50"),
+    tolerance: float = 0.05,
+    claim_tolerance: float = 0.02,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """TD's Tables 2 and 4 with the suite's verdicts, each variant standing in for a method: the cells
+    (:func:`kdrepro.paper.paper_vs_ours`, ±``tolerance``) and the paper's claims about its variants
+    (:func:`kdrepro.paper.claim_verdicts`, e.g. ``"Group only < HTD"``) over seeds. No gains: these tables
+    have no undistilled student."""
+    ours = results[results["metric"].isin(metrics)]
+    ours = ours.assign(method=ours["variant"]).drop(columns="variant")
+    theirs = td_paper_variants(paper_table).rename(columns={"variant": "method"})
+    cells = paper_vs_ours(ours, theirs, tolerance)
+    return cells, claim_verdicts(ours, list(claims), list(metrics), paper_table=theirs, tolerance=claim_tolerance)
 
 
 def ordering_agreement(table: pd.DataFrame) -> pd.DataFrame:
