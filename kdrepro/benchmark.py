@@ -28,6 +28,13 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
 - ``teacher_<kind>_epoch_s`` / ``teacher_<kind>_ranking_s``: one training epoch of each of chapter 07's
   teacher kinds at dim 64 (autoencoders: 256 rows per batch) and one top-100 ranking of every user (what a
   trajectory checkpoint costs; validation costs about as much). ``--no-methods`` skips all of these.
+- ``fits8_serial_s`` / ``fits8_local_s`` / ``fits8_ray_s``: wall seconds of a batch of 8 small student fits
+  (BPR dim 20, 20 epochs, one validation) through each executor of :mod:`kdrepro.jobs` (one thread per fit;
+  local and Ray with 2 workers; Ray started beforehand, its start-up not counted), the executors taking
+  turns over 2 rounds, best kept;
+  ``fits8_local_speedup_x`` = serial / local; ``local_overhead_per_fit_s`` / ``ray_overhead_per_fit_s`` =
+  (wall × workers − serial) / fits, the worker-seconds each fit costs beyond its own compute (process
+  start, transfers, scheduling). ``--no-executors`` skips them.
 - Peak memory is not seconds and is reported on stderr only, as is a table of each figure beside the
   project's target and the authors' code on the same 2-core machine (METHODS.md §6), with their ratio.
 """
@@ -38,21 +45,29 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from kdrepro import data, splits
+try:  # the Ray executor's figures need Ray (the `cluster` and `dev` extras)
+    import ray
+except ImportError:  # pragma: no cover
+    ray = None
+
+from kdrepro import data, jobs, splits
 from kdrepro.distill import build as build_method
 from kdrepro.distill.concf import ConCF, ConCFConfig
 from kdrepro.distill.hetcomp import HetComp, HetCompConfig, TeacherTrajectories, ensemble_outputs
 from kdrepro.evaluate import evaluate
-from kdrepro.trajectories import TEACHER_OBJECTIVES, teacher_train_config, top_n_items
 from kdrepro.models import ModelConfig, build
 from kdrepro.models.multihead import MultiHeadCF
+from kdrepro.store import Store
 from kdrepro.teachers import compute_outputs
 from kdrepro.train import TrainConfig, fit
+from kdrepro.trajectories import TEACHER_OBJECTIVES, teacher_train_config, top_n_items
 
 
 def _best(fn, repeats: int) -> float:
@@ -222,12 +237,46 @@ def trajectory_seconds(split: splits.Split, repeats: int) -> dict[str, float]:
     return figures
 
 
+def executor_seconds(split: splits.Split, fits: int = 8, workers: int = 2, epochs: int = 20, rounds: int = 2
+                     ) -> dict[str, float]:
+    """A batch of ``fits`` small student fits through each executor, each batch into a fresh store and ledger;
+    the executors take turns for ``rounds`` rounds (A/B interleaved against a busy machine), best round kept."""
+    config = TrainConfig(epochs=epochs, eval_every=epochs, patience=0, progress=False, device="cpu")
+    kinds = {"serial": {}, "local": {"workers": workers}}
+    if ray is not None:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        kinds["ray"] = {}
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="kdrepro-bench-") as folder:
+        for round_number in range(rounds):
+            for kind, extra in kinds.items():
+                store = Store(Path(folder) / f"{kind}-{round_number}")
+                entry = jobs.split_entry(store, split)
+                batch = [jobs.model_job(entry, split, ModelConfig("bpr", 20), config, seed) for seed in range(fits)]
+                start = time.perf_counter()
+                jobs.run_jobs(batch, store=store, ledger=jobs.Ledger(store.root / "results"),
+                              settings=jobs.ExecutorSettings(kind=kind, threads=1, **extra), log=lambda _: None)
+                name = f"fits{fits}_{kind}_s"
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    if ray is not None:
+        ray.shutdown()
+    serial = best[f"fits{fits}_serial_s"]
+    figures = dict(best)
+    figures[f"fits{fits}_local_speedup_x"] = serial / best[f"fits{fits}_local_s"]
+    for kind in ("local", "ray"):
+        if f"fits{fits}_{kind}_s" in best:
+            figures[f"{kind}_overhead_per_fit_s"] = (best[f"fits{fits}_{kind}_s"] * workers - serial) / fits
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2)")
     parser.add_argument("--dataset", default="citeulike-t", choices=["citeulike-t", "synthetic"])
     parser.add_argument("--no-methods", action="store_true", help="skip the distillation-method epochs")
+    parser.add_argument("--no-executors", action="store_true", help="skip the batch of fits through the executors")
+    parser.add_argument("--only-executors", action="store_true", help="measure the executors' batch only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -235,8 +284,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dataset = data.synthetic(num_users=5219, num_items=25181, mean_interactions=24, seed=0)
     else:
         dataset = data.load("citeulike-t", min_user_interactions=5)
-    sampled = splits.get_split(dataset, "loo_sampled", 0)
-    full = splits.get_split(dataset, "loo_full", 0)
+    store = Store()
+    sampled = store.split(dataset, "loo_sampled", 0)
+    full = store.split(dataset, "loo_full", 0)
+    if args.only_executors:
+        figures = executor_seconds(sampled)
+        print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+        return figures
 
     figures: dict[str, float] = {
         "bpr_epoch_dim200_s": bpr_epoch_seconds(sampled, 200, args.repeats),
@@ -251,10 +305,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if not args.no_methods:
         figures.update(method_epoch_seconds(sampled, full, args.repeats))
-        figures.update(concf_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
-        figures.update(hetcomp_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
-        figures.update(trajectory_seconds(splits.get_split(dataset, "holdout", 0), args.repeats))
+        figures.update(concf_seconds(store.split(dataset, "holdout", 0), args.repeats))
+        figures.update(hetcomp_seconds(store.split(dataset, "holdout", 0), args.repeats))
+        figures.update(trajectory_seconds(store.split(dataset, "holdout", 0), args.repeats))
 
+    if not args.no_executors:
+        figures.update(executor_seconds(sampled))
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
     print(comparison_table(figures), file=sys.stderr)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
