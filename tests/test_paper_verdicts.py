@@ -125,3 +125,15 @@ def test_td_variant_verdicts_by_hand():
     assert claims[["claim", "seeds_agree", "n_seeds", "verdict"]].values.tolist() == [
         ["K-means assignment < HTD", 1, 2, "partially"]]
     assert claims["paper_holds"].tolist() == [True]
+
+
+def test_variant_claims_by_hand():
+    # "(c) One expert (small) < DE": DE above it on both seeds -> reproduced; "(a) Attention < DE": above it on
+    # seed 1 only and below on the means -> partially (half of the seeds).
+    rows = [("DE", 0, 0.50), ("DE", 1, 0.52), ("(a) Attention", 0, 0.53), ("(a) Attention", 1, 0.51),
+            ("(c) One expert (small)", 0, 0.45), ("(c) One expert (small)", 1, 0.46)]
+    results = pd.DataFrame([{"dataset": "citeulike-t", "protocol": "loo_sampled", "base": "bpr", "method": "DE",
+                             "variant": v, "seed": s, "metric": "HR@5", "value": x} for v, s, x in rows])
+    table = compare.variant_claims(results, ["(a) Attention < DE", "(c) One expert (small) < DE"], ["HR@5"])
+    assert table.set_index("claim")["verdict"].to_dict() == {"(a) Attention < DE": "partially",
+                                                             "(c) One expert (small) < DE": "reproduced"}

@@ -115,11 +115,24 @@ def td_variant_verdicts(
     (:func:`kdrepro.paper.paper_vs_ours`, ±``tolerance``) and the paper's claims about its variants
     (:func:`kdrepro.paper.claim_verdicts`, e.g. ``"Group only < HTD"``) over seeds. No gains: these tables
     have no undistilled student."""
-    ours = results[results["metric"].isin(metrics)]
-    ours = ours.assign(method=ours["variant"]).drop(columns="variant")
+    ours = _variants_as_methods(results, metrics)
     theirs = td_paper_variants(paper_table).rename(columns={"variant": "method"})
     cells = paper_vs_ours(ours, theirs, tolerance)
     return cells, claim_verdicts(ours, list(claims), list(metrics), paper_table=theirs, tolerance=claim_tolerance)
+
+
+def variant_claims(
+    results: pd.DataFrame, claims: Sequence[str], metrics: Sequence[str], tolerance: float = 0.02
+) -> pd.DataFrame:
+    """A paper's claims about its design variants (``"(a) Attention < DE"``) checked on our variant runs over
+    seeds (:func:`kdrepro.paper.claim_verdicts`), each variant standing in for a method. For DE-RRD's Table 4,
+    whose values are Foursquare's: the claims are checked on our data, the values are not compared."""
+    return claim_verdicts(_variants_as_methods(results, metrics), list(claims), list(metrics), tolerance=tolerance)
+
+
+def _variants_as_methods(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    ours = results[results["metric"].isin(metrics)]
+    return ours.assign(method=ours["variant"]).drop(columns="variant")
 
 
 def ordering_agreement(table: pd.DataFrame) -> pd.DataFrame:
