@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from kdrepro.distill._kernels import bf16_supported, dense_mixture, expert_mixture_reference, sparse_mixture
+from kdrepro.distill import _kernels as kernels
+from kdrepro.distill import de as de_module
+from kdrepro.distill._kernels import (
+    NEGLIGIBLE_WEIGHT,
+    bf16_supported,
+    dense_mixture,
+    expert_mixture_reference,
+    sparse_mixture,
+)
 from kdrepro.distill.de import DEConfig, ExpertBank, de_loss
 from kdrepro.distill.htd import HTDConfig
 
@@ -104,3 +112,35 @@ def test_speed_options_are_checked():
         DEConfig(min_weight=1.0)
     with pytest.raises(ValueError, match="precision"):
         HTDConfig(precision="half")
+
+
+def test_negligible_weights_change_nothing_and_never_reach_the_products():
+    # Weights from 1e-45 (subnormal) to 1e-20 beside weights near 1: the bank drops those below 2^-64,
+    # and its output and gradients equal the plain mixture that keeps them.
+    generator = torch.Generator().manual_seed(0)
+    bank = ExpertBank(6, (5, 7, 9), generator)
+    h = torch.randn(30, 5, generator=generator, requires_grad=True)
+    logits = torch.randn(30, 6, generator=generator) * 2
+    logits[:, 3:] = torch.tensor([-46.0, -62.0, -100.0])  # weights ~1e-20, ~1e-27 and ~1e-44 (subnormal)
+    logits.requires_grad_()
+    target = torch.randn(30, 9, generator=generator)
+    selection = torch.softmax(logits, dim=1)
+    assert ((selection > 0) & (selection < NEGLIGIBLE_WEIGHT)).any()
+    assert ((selection > 0) & (selection < torch.finfo(torch.float32).tiny)).any()  # subnormal weights
+    products = []
+    original = kernels.dense_mixture
+
+    def recording(h, selection, *rest):
+        products.append(selection.detach().clone())
+        return original(h, selection, *rest)
+
+    kernels_in_de = de_module.dense_mixture
+    de_module.dense_mixture = recording
+    try:
+        ours = output_and_gradients(lambda h, s, *w: bank(h, s), bank, logits, h, target)
+    finally:
+        de_module.dense_mixture = kernels_in_de
+    reference = output_and_gradients(expert_mixture_reference, bank, logits, h, target)
+    assert products and not ((products[0] > 0) & (products[0] < NEGLIGIBLE_WEIGHT)).any()
+    for name, mine, theirs in zip(NAMES, ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)

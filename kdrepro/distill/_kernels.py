@@ -34,6 +34,12 @@ ROW_MULTIPLE = 64  # bfloat16 products pad the rows to a multiple of this (see _
 # compute dtype (CiteULike, DE's shapes: the sparse form costs ~2.2x the dense one per pair in float32, ~4.5x
 # against bfloat16's products; measured at 11 of 30 experts per row).
 DENSE_FROM = {torch.float32: 0.5, torch.bfloat16: 0.2}
+# Selection weights below this are treated as 0 by the expert bank. The weights sum to 1, so the largest is
+# ≥ 1/M; a term weighted < 2^-64 is > 50 bits below it, where float32 (24 bits) changes no sum. What it
+# prevents: as τ falls, softmax weights pass through the subnormal range (< 1.2e-38) before reaching 0, and x86
+# CPUs take ~100x longer per operation on subnormal operands (CiteULike, 1000-epoch schedule, epoch 140: a DE
+# epoch took 112 s before the kernels, 311 s with them, instead of ~15 s).
+NEGLIGIBLE_WEIGHT = 2.0**-64
 
 
 def bf16_supported(device: torch.device) -> bool:

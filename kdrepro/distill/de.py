@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from kdrepro.distill._kernels import DENSE_FROM, bf16_supported, dense_mixture, sparse_mixture
+from kdrepro.distill._kernels import DENSE_FROM, NEGLIGIBLE_WEIGHT, bf16_supported, dense_mixture, sparse_mixture
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_noise, uniform_init
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class ExpertBank(nn.Module):
     or attention) every expert runs on every row (:func:`~kdrepro.distill._kernels.dense_mixture`); once the
     selection is sparse only the (row, expert) pairs with a non-zero weight are evaluated
     (:func:`~kdrepro.distill._kernels.sparse_mixture`). Both are exact: a zero weight contributes nothing to
-    the value nor to any gradient. Two approximations are options, off by default:
+    the value nor to any gradient; weights below 2^-64 count as zero (``NEGLIGIBLE_WEIGHT``: no float32 sum
+    changes, and no subnormal number reaches the products). Two approximations are options, off by default:
 
     - ``precision="bf16"``: the dense mixture's products in bfloat16 with fp32 accumulation, on devices with
       native bfloat16 products (others keep float32);
@@ -124,8 +125,8 @@ class ExpertBank(nn.Module):
         return torch.relu(h @ self.w1[m] + self.b1[m]) @ self.w2[m] + self.b2[m]
 
     def forward(self, h: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
-        if self.min_weight > 0:
-            selection = selection * (selection.detach() >= self.min_weight)
+        # Weights below NEGLIGIBLE_WEIGHT change no float32 sum but would put subnormal numbers in the products.
+        selection = selection * (selection.detach() >= max(self.min_weight, NEGLIGIBLE_WEIGHT))
         weights = (self.w1, self.b1, self.w2, self.b2)
         dtype = torch.bfloat16 if self.precision == "bf16" and bf16_supported(h.device) else torch.float32
         if int(torch.count_nonzero(selection.detach())) >= DENSE_FROM[dtype] * selection.numel():
