@@ -13,7 +13,9 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
   ``htd_epoch_s`` time the early regime where every expert runs on every entity (τ ≈ 1);
   ``de_annealed_epoch_s`` / ``htd_annealed_epoch_s`` the regime once selection is one-hot;
   ``de_bf16_epoch_s`` / ``htd_bf16_epoch_s`` the τ ≈ 1 regime with the ``precision="bf16"`` option (an
-  approximation, off by default; on CPUs without native bfloat16 products it runs the exact fp32 path).
+  approximation, off by default; on CPUs without native bfloat16 products it runs the exact fp32 path);
+  ``de_transition_epoch_s`` the transition (τ 0.04 → 0.007), where the selection weights pass through
+  float32's subnormal range (the epochs the authors' 1000-epoch schedule spends around epoch 140).
   ``--no-methods`` skips them.
 - ``concf_warmup_epoch_s`` / ``concf_epoch_s``: one ConCF epoch (six heads on shared dim-64 embeddings, GradNorm
   balancing; the holdout 60/20/20 training pairs) before and during consensus learning;
@@ -99,6 +101,8 @@ METHOD_FIGURES = {
     "htd_epoch_s": ("loo_full", "htd", {}),
     "htd_annealed_epoch_s": ("loo_full", "htd", {"htd": {"anneal_epochs": 1}}),
     "de_bf16_epoch_s": ("loo_sampled", "de", {"de": {"precision": "bf16"}}),
+    # τ 0.04 → 0.007 over the timed epochs 2-3: the Gumbel-softmax weights pass through float32's subnormal range
+    "de_transition_epoch_s": ("loo_sampled", "de", {"de": {"anneal_epochs": 14}}),
     "htd_bf16_epoch_s": ("loo_full", "htd", {"htd": {"precision": "bf16"}}),
 }
 
