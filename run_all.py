@@ -134,7 +134,8 @@ def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.Execu
     with tempfile.TemporaryDirectory(prefix="kdrepro-plan-") as workdir:
         resolved = plan(stems, notebooks_dir, Path(workdir) / "reports", args.profile, args.param)
         chapters = [(job.stem, job.path, job.parameters) for job in resolved]
-        found = jobs.collect_jobs(chapters, kernel=args.kernel, workdir=workdir, timeout=args.timeout)
+        found = jobs.collect_jobs(chapters, kernel=args.kernel, workdir=workdir,
+                                  timeout=args.timeout or jobs.PLAN_CELL_TIMEOUT)
     if args.fill:
         jobs.fill(found, settings=settings)
     print(jobs.format_plan(jobs.plan(found), settings.pool_size if settings.kind == "local" else 1))

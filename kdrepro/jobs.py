@@ -67,6 +67,9 @@ EPOCH_SECONDS = {"models": 0.6, "de": 12.0, "htd": 13.0, "rrd": 1.0, "rd": 0.6, 
 VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "kdrepro")
 # PLAN_FILE_ENV (kdrepro.train) is set while a chapter is executed to enumerate its fits (see collect_jobs):
 # run_jobs appends every job it is given to that file (JSON lines), and fit refuses to train.
+# While planning, a cell may run this long (seconds): enumerating fits takes seconds; longer cells are
+# sections that compute without fitting (timings) and are interrupted.
+PLAN_CELL_TIMEOUT = 120
 PLACEHOLDER = {"test": {}, "valid": {}, "history": [], "best_epoch": None, "epochs_run": None, "seconds": None,
                "epoch_s": None, "parameters": None, "kd_parameters": None}
 
@@ -651,14 +654,15 @@ def teacher_outputs(store: Store, job: FitJob, split: Split) -> TeacherOutputs:
 
 
 def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, kernel: str = "kdrepro",
-                 workdir: str | os.PathLike, timeout: int | None = None,
+                 workdir: str | os.PathLike, timeout: int | None = PLAN_CELL_TIMEOUT,
                  log: Callable[[str], None] = print) -> dict[str, list[FitJob]]:
     """The fits of each chapter ``(stem, notebook path, parameters)``, without training anything.
 
     Each notebook is executed (papermill, every cell, errors allowed) with :data:`PLAN_FILE_ENV` set:
     :func:`run_jobs` records every job it is handed and returns the ledger's entries, or empty
     placeholders, so the chapter's own code enumerates its fits (data and splits are loaded for real,
-    splits saved in the store). Cells that need trained weights fail in this mode and are ignored.
+    splits saved in the store). Cells that need trained weights fail in this mode and are ignored; a cell
+    running past ``timeout`` seconds (timing sections, which fit nothing) is interrupted and skipped.
     Executed copies and the chapter's outputs go under ``workdir``.
     """
     workdir = Path(workdir)
@@ -674,7 +678,8 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
             try:
                 papermill.execute_notebook(str(path), str(workdir / f"{stem}.ipynb"), parameters=dict(parameters),
                                            kernel_name=kernel, progress_bar=False, allow_errors=True,
-                                           cwd=str(Path(path).parent), execution_timeout=timeout)
+                                           cwd=str(Path(path).parent), execution_timeout=timeout,
+                                           interrupt_on_timeout=True)
             except papermill.PapermillExecutionError:
                 pass  # sections that need weights fail while planning; their jobs are recorded all the same
             lines = [line for line in plan_file.read_text().splitlines() if line.strip()]
