@@ -60,10 +60,14 @@ from kdrepro.types import TeacherOutputs
 
 EXECUTORS = ("serial", "local", "ray")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Fallback cost of one training epoch in seconds on one CPU thread (CiteULike, measured with
-# `python -m kdrepro.benchmark`), used by `plan` until the ledger has timings of its own.
-EPOCH_SECONDS = {"models": 0.6, "de": 12.0, "htd": 13.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
+# Fallback cost of one training epoch in seconds (CiteULike, 2 threads, `python -m kdrepro.benchmark`, README),
+# used by `plan` until the ledger has timings of its own: the base BPR epoch (dim 200: 0.6 s) plus each
+# method's extra; DE and HTD between their dense (τ ≈ 1) and annealed regimes. A rough guide, not a promise.
+EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
                  "phr": 1.0, "fitnet": 0.6, "ftd": 0.6}
+# Epochs an early-stopped fit is assumed to run before the ledger knows (the papers' BPR runs stop after
+# 100-300 epochs at lr 1e-3).
+EARLY_STOPPED_EPOCHS = 200
 VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "kdrepro")
 # PLAN_FILE_ENV (kdrepro.train) is set while a chapter is executed to enumerate its fits (see collect_jobs):
 # run_jobs appends every job it is given to that file (JSON lines), and fit refuses to train.
@@ -696,10 +700,10 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
 
 def expected_epochs(train: Mapping[str, Any]) -> int:
     """Epochs a fit is expected to run before the ledger knows: all of them without early stopping, else
-    at most 10 validation rounds past the patience (early stopping usually ends sooner)."""
+    :data:`EARLY_STOPPED_EPOCHS` (at most all of them)."""
     if not train.get("patience"):
         return int(train["epochs"])
-    return int(min(train["epochs"], train["eval_every"] * (train["patience"] + 10)))
+    return int(min(train["epochs"], EARLY_STOPPED_EPOCHS))
 
 
 def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
