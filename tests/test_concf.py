@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kdrepro import concf_analysis, data, jobs, splits
+from kdrepro.distill._concf_kernels import consensus_top_n, positions_in, queue_positions, rank_top_n, ranking_tables
 from kdrepro.distill.concf import (
     ConCF,
     ConCFConfig,
@@ -18,7 +19,6 @@ from kdrepro.distill.concf import (
     consensus_scores,
     consistency_bonus,
     gradnorm_loss,
-    positions_in,
     renormalize_,
 )
 from kdrepro.evaluate import evaluate, rank_full
@@ -62,10 +62,10 @@ def test_positions_and_consistency_bonus_by_hand():
     old = torch.tensor([[5, 7, 9]])
     new = torch.tensor([[7, 5, 3]])
     assert positions_in(old, new).tolist() == [[1, 0, 3]]  # item 3 absent → N = 3
-    bonus = consistency_bonus([old, new], temperature=10.0)
+    bonus = consistency_bonus([old, new], temperature=10.0, num_items=10)
     # positions over the queue: item 7 (1, 0), item 5 (0, 1), item 3 (3, 2): population std 0.5 each
     assert bonus[0].tolist() == pytest.approx([math.exp(-0.05)] * 3)
-    assert consistency_bonus([new], 10.0).tolist() == [[1.0, 1.0, 1.0]]  # one ranking: nothing varies
+    assert consistency_bonus([new], 10.0, 10).tolist() == [[1.0, 1.0, 1.0]]  # one ranking: nothing varies
 
 
 def test_consensus_by_hand():
@@ -209,3 +209,37 @@ def test_planning_mode_trains_nothing(split, monkeypatch, tmp_path):
     setting = concf_analysis.ConCFSetting("synthetic", split, (0,), TrainConfig(epochs=1, loss="none"), ConCFConfig())
     with pytest.raises(RuntimeError, match="nothing to plan"):
         concf_analysis.run(setting, concf_analysis.single_runs(["bpr"]))
+
+
+def test_ranking_kernel_matches_rank_full(split):
+    """Every head's top-N from once-transformed tables (the metric head through its augmented product) equals
+    ``rank_full`` on the head (which re-transforms the item table per block)."""
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, ("bpr", "cml"), dim=16).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(30)  # spread the scores: an untrained model's near-ties would reorder on rounding
+    for head in ("bpr", "cml"):
+        expected = torch.cat([r for _, r in rank_full(model.head(head), split, "train", top_k=40)])
+        users, items = ranking_tables(model.branches[head], model.user_embedding.weight, model.item_embedding.weight)
+        ranked = rank_top_n(users, items, split.train_indptr, split.train_items, 40, block=7)
+        assert torch.equal(ranked, expected), head
+
+
+def test_queue_positions_and_consensus_kernels_match_the_plain_formulation():
+    generator = torch.Generator().manual_seed(0)
+    num_users, num_items, top_n = 9, 50, 12
+    queue = [torch.stack([torch.randperm(num_items, generator=generator)[:top_n] for _ in range(num_users)])
+             for _ in range(4)]
+    expected = torch.stack([positions_in(past, queue[-1]) for past in queue])
+    assert torch.equal(queue_positions(queue, num_items, chunk=4), expected)
+    rankings = torch.stack(queue[:3])  # three heads' top-N
+    bonus = torch.rand(rankings.shape, generator=generator)
+    bonus[0, :, :4] = 0.0  # exact ties between heads (same position, no bonus) as in practice
+    bonus[1, :, :4] = 0.0
+    dense = consensus_scores(rankings, bonus, num_items, 10.0, 1.0)
+    assert torch.equal(consensus_ranking(rankings, bonus, num_items, 10.0, 1.0, top_n),
+                       dense.topk(top_n, dim=1).indices)
+    listed = rankings.permute(1, 0, 2).reshape(num_users, -1)
+    values = (torch.exp(-torch.arange(top_n) / 10.0) + bonus).permute(1, 0, 2).reshape(num_users, -1)
+    assert torch.equal(consensus_top_n(listed, values, num_items, top_n, chunk=4), dense.topk(top_n, dim=1).indices)
