@@ -129,7 +129,12 @@ def configure(**settings: Any) -> ExecutorSettings:
 
 
 def current_settings() -> ExecutorSettings:
-    return _settings[0] if _settings else configure()
+    """The configured executor; unconfigured (no ``runs.setup``): from the environment, a serial fit keeping
+    this process's torch threads."""
+    if not _settings:
+        serial = os.environ.get("KDREPRO_EXECUTOR", "serial") == "serial"
+        configure(threads=torch.get_num_threads() if serial and "KDREPRO_THREADS" not in os.environ else None)
+    return _settings[0]
 
 
 def _in_worker(fn: Callable, threads: int, *item: Any) -> Any:

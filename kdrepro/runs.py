@@ -56,13 +56,21 @@ def environment(device: str = "auto") -> dict:
 
 
 def setup(device: str = "auto", threads: int = 0) -> dict:
-    """Use ``threads`` CPU threads in torch (0 keeps torch's default) and describe the environment.
+    """Use ``threads`` CPU threads in torch (0 keeps torch's default), choose the executor of the fits and
+    describe the environment. One thread is much faster for tiny models (the smoke profile) and on a busy
+    machine.
 
-    One thread is much faster for tiny models (the smoke profile) and on a busy machine.
+    The executor comes from ``KDREPRO_EXECUTOR`` / ``KDREPRO_WORKERS`` / ``KDREPRO_THREADS`` /
+    ``KDREPRO_RAY_ADDRESS``, read once here (``run_all.py --executor …`` sets them): a serial fit uses the
+    notebook's threads, pool workers one thread each unless ``KDREPRO_THREADS`` says otherwise.
     """
     if threads > 0:
         torch.set_num_threads(threads)
-    return environment(device)
+    serial = os.environ.get("KDREPRO_EXECUTOR", "serial") == "serial"
+    settings = jobs.configure(threads=torch.get_num_threads() if serial and "KDREPRO_THREADS" not in os.environ
+                              else None)
+    return {**environment(device), "executor": settings.kind, "fit_threads": settings.threads,
+            "workers": settings.pool_size if settings.kind == "local" else None}
 
 
 def splits_for(
