@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from kdrepro import concf_analysis, data, jobs, splits
-from kdrepro.distill._concf_kernels import consensus_top_n, positions_in, queue_positions, rank_top_n, ranking_tables
+from kdrepro.distill._concf_kernels import (
+    consensus_top_n,
+    distinct,
+    listed_scores,
+    positions_in,
+    queue_positions,
+    rank_top_n,
+    ranking_tables,
+    sparse_multinomial_loss,
+)
 from kdrepro.distill.concf import (
     ConCF,
     ConCFConfig,
@@ -23,7 +32,7 @@ from kdrepro.distill.concf import (
 )
 from kdrepro.evaluate import evaluate, rank_full
 from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball
-from kdrepro.objectives import bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
+from kdrepro.objectives import BASE_LOSSES, bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
 from kdrepro.train import TrainConfig, fit
 from kdrepro.types import Batch
 
@@ -243,3 +252,83 @@ def test_queue_positions_and_consensus_kernels_match_the_plain_formulation():
     listed = rankings.permute(1, 0, 2).reshape(num_users, -1)
     values = (torch.exp(-torch.arange(top_n) / 10.0) + bonus).permute(1, 0, 2).reshape(num_users, -1)
     assert torch.equal(consensus_top_n(listed, values, num_items, top_n, chunk=4), dense.topk(top_n, dim=1).indices)
+
+
+def test_distinct_and_sparse_multinomial_match_the_plain_formulation():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (200,), generator=generator)
+    expected = torch.unique(ids, return_inverse=True)
+    found = distinct(ids, 50)
+    assert torch.equal(found[0], expected[0]) and torch.equal(found[1], expected[1])
+    scores = torch.randn(6, 30, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = (torch.rand(6, 30, generator=generator) < 0.2).double()
+    targets[2] = 0.0  # a row without ones
+    rows, cols = targets.nonzero(as_tuple=True)
+    dense = multinomial_loss(scores, targets)
+    (dense_grad,) = torch.autograd.grad(dense, scores)
+    sparse = sparse_multinomial_loss(scores, rows, cols)
+    (sparse_grad,) = torch.autograd.grad(sparse, scores)
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-12)
+    assert torch.allclose(sparse_grad, dense_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_listed_scores_match_branch_scores():
+    torch.manual_seed(0)
+    model = MultiHeadCF(10, 30, ("bpr", "cml"), dim=16)
+    index = torch.randint(0, 30, (10, 7))
+    for head in ("bpr", "cml"):
+        branch = model.branches[head].eval()
+        users = branch(model.user_embedding.weight * 50)
+        items = branch(model.item_embedding.weight * 50)
+        fast = listed_scores(users, items, index, branch.metric)
+        plain = branch.scores(users, items[index])
+        assert torch.allclose(fast, plain, atol=1e-5), head
+        weights = torch.randn(10, 7)
+        fast_grads = torch.autograd.grad((fast * weights).sum(), list(branch.parameters()), retain_graph=True)
+        plain_grads = torch.autograd.grad((plain * weights).sum(), list(branch.parameters()))
+        for a, b in zip(fast_grads, plain_grads, strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), head
+
+
+def test_training_terms_and_gradients_match_the_plain_formulation(split):
+    """Every head's L_CF and L_CL on one batch (dropout off), and the gradients of their sum, equal the objectives
+    written plainly on the model's scores: dense multinomial targets, ``head_scores`` on the consensus lists."""
+    config = ConCFConfig(warmup_epochs=0, update_every=1, top_n=20, num_interesting=10, track_heads=False)
+    torch.manual_seed(0)
+    model = MultiHeadCF(split.num_users, split.num_items, config.heads, dim=16).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(20)  # scores far from 0: the comparison is not dominated by rounding near ties
+    concf = ConCF(config, split)
+    concf.on_epoch_start(1, torch.Generator().manual_seed(0))
+    concf.consensus, concf._generate_now = concf.generate(model), False
+    batch = _batch(split)
+    ids = concf._batch_ids(batch, learn_consensus=True)
+    terms = concf(model, batch)
+    fast_grads = torch.autograd.grad(sum(terms.values()), list(model.parameters()))
+
+    cl_users = torch.unique(batch.users)
+    cl_items = concf.consensus[cl_users]
+    train = torch.zeros(split.num_users, split.num_items)
+    train[torch.as_tensor(split.train_users), torch.as_tensor(split.train_items)] = 1.0
+    expected = {}
+    for head in config.heads:
+        if head == "user_multinomial":
+            loss = multinomial_loss(model.head_score_all(head, ids.user_chunk), train[ids.user_chunk])
+        elif head == "item_multinomial":
+            branch = model.branches[head]
+            item_out = branch(model.item_embedding(ids.item_chunk))
+            loss = multinomial_loss(branch.score_matrix(item_out, branch(model.user_embedding.weight)),
+                                    train[:, ids.item_chunk].T)
+        else:
+            scores = model.head_scores(head, batch.users, torch.cat([batch.pos.unsqueeze(1), batch.neg], dim=1))
+            loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
+        expected[head] = loss
+        expected[f"cl/{head}"] = config.alpha * consensus_learning_loss(
+            model.head_scores(head, cl_users, cl_items), config.num_interesting)
+    assert set(terms) == set(expected)
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-4), name
+    plain_grads = torch.autograd.grad(sum(expected.values()), list(model.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), fast_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max())), name

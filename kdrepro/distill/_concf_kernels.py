@@ -115,3 +115,44 @@ def consensus_top_n(items: torch.Tensor, values: torch.Tensor, num_items: int, t
         out[lo:hi] = rows.topk(top_n, dim=1).indices
         rows.scatter_(1, listed, 0.0)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Training step: distinct ids, the multinomial heads' loss on sparse targets
+# --------------------------------------------------------------------------------------------------
+
+
+def distinct(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for ids in [0, size), by marking a (size,) table instead of
+    sorting: (sorted distinct ids, position of each id among them)."""
+    present = torch.zeros(size, dtype=torch.bool, device=ids.device)
+    present[ids] = True
+    slot = torch.cumsum(present, dim=0) - 1
+    return present.nonzero().squeeze(1), slot[ids]
+
+
+def sparse_multinomial_loss(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """:func:`kdrepro.objectives.multinomial_loss` of ``scores`` (B, n) with 0/1 targets given by their ones at
+    distinct (``rows``, ``cols``): −Σ_b Σ_i y_bi log softmax(s_b)_i = Σ_b n_b · logsumexp(s_b) − Σ_{y_bi=1} s_bi
+    (n_b the ones in row b). No dense target matrix and no (B, n) log-softmax is formed: two fewer passes over
+    the scores forward and backward (equal to the dense form up to float rounding)."""
+    width = scores.shape[1]
+    ones_per_row = torch.bincount(rows, minlength=len(scores)).to(scores.dtype)
+    listed = scores.reshape(-1).index_select(0, rows * width + cols)
+    return (ones_per_row * torch.logsumexp(scores, dim=1)).sum() - listed.sum()
+
+
+def listed_scores(users: torch.Tensor, item_rows: torch.Tensor, index: torch.Tensor, metric: bool) -> torch.Tensor:
+    """(B, C) a head's scores of users (B, d) (branch outputs) against their listed items, ``item_rows[index]``
+    with ``index`` (B, C) into the branch outputs ``item_rows`` (R, d): what
+    :meth:`kdrepro.models.multihead.Branch.scores` gives on the gathered (B, C, d) items.
+
+    The dot products are one batched product (no (B, C, d) temporary forward, one backward), ~2x faster on CPU
+    than a multiply-and-sum at ConCF's consensus lists (B ≈ 750 users × C = 100). The metric head's
+    −‖ū − ī‖² = 2ū·ī − ‖ī‖² − ‖ū‖², with ‖ī‖² computed once per distinct item (equal up to float rounding)."""
+    items = item_rows.index_select(0, index.reshape(-1)).view(*index.shape, item_rows.shape[1])
+    dots = torch.bmm(items, users.unsqueeze(2)).squeeze(2)
+    if not metric:
+        return dots
+    item_norms = (item_rows**2).sum(1).index_select(0, index.reshape(-1)).view(index.shape)
+    return 2 * dots - item_norms - (users**2).sum(1, keepdim=True)

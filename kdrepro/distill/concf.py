@@ -57,14 +57,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdrepro.distill._concf_kernels import consensus_top_n, queue_positions, rank_top_n, ranking_tables
+from kdrepro.distill._concf_kernels import (
+    consensus_top_n,
+    distinct,
+    listed_scores,
+    queue_positions,
+    rank_top_n,
+    ranking_tables,
+    sparse_multinomial_loss,
+)
 from kdrepro.distill.base import check_positive
 from kdrepro.distill.rrd import relaxed_ranking_loss
 from kdrepro.evaluate import gather_rows, rank_full
 from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
 from kdrepro.models.base import Recommender
 from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF
-from kdrepro.objectives import BASE_LOSSES, multinomial_loss
+from kdrepro.objectives import BASE_LOSSES
 
 if TYPE_CHECKING:
     from kdrepro.splits import Split
@@ -250,9 +258,9 @@ class _BatchIds:
     cl_item_index: torch.Tensor | None = None
     user_chunk: torch.Tensor | None = None
     user_chunk_and_cl: torch.Tensor | None = None
-    user_targets: torch.Tensor | None = None
+    user_targets: tuple[torch.Tensor, torch.Tensor] | None = None  # (row in chunk, item) of the training ones
     item_chunk: torch.Tensor | None = None
-    item_targets: torch.Tensor | None = None
+    item_targets: tuple[torch.Tensor, torch.Tensor] | None = None  # (row in chunk, user) of the training ones
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,19 +391,20 @@ class ConCF(nn.Module):
         if kind == "item":
             user_out = branch(self._rows(user_table, None, index))
             item_out = branch(self._rows(item_table, ids.item_chunk, index))
-            loss = multinomial_loss(branch.score_matrix(item_out, user_out), ids.item_targets)
+            loss = sparse_multinomial_loss(branch.score_matrix(item_out, user_out), *ids.item_targets)
             if cl_items is None:
                 return loss, None
-            cl_item_out = _take(branch(self._rows(item_table, ids.cl_unique_items, index)), ids.cl_item_index)
-            return loss, consensus_learning_loss(branch.scores(_take(user_out, ids.cl_users), cl_item_out), k)
+            cl_item_rows = branch(self._rows(item_table, ids.cl_unique_items, index))
+            cl_scores = listed_scores(_take(user_out, ids.cl_users), cl_item_rows, ids.cl_item_index, branch.metric)
+            return loss, consensus_learning_loss(cl_scores, k)
         if kind == "user":
             user_out = branch(self._rows(user_table, ids.user_chunk_and_cl, index))
             item_out = branch(self._rows(item_table, None, index))
             chunk = len(ids.user_chunk)
-            loss = multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), ids.user_targets)
+            loss = sparse_multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), *ids.user_targets)
             if cl_items is None:
                 return loss, None
-            return loss, consensus_learning_loss(branch.scores(user_out[chunk:], _take(item_out, cl_items)), k)
+            return loss, consensus_learning_loss(listed_scores(user_out[chunk:], item_out, cl_items, branch.metric), k)
         user_out = branch(self._rows(user_table, ids.users, index))
         item_out = branch(self._rows(item_table, ids.items, index))
         pairs = ids.pair_shape
@@ -405,8 +414,8 @@ class ConCF(nn.Module):
         loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
         if cl_items is None:
             return loss, None
-        cl_scores = branch.scores(_take(user_out, ids.user_index[pairs[0]:]),
-                                  _take(item_out, ids.item_index[n_pairs:], cl_items.shape))
+        cl_scores = listed_scores(_take(user_out, ids.user_index[pairs[0]:]), item_out,
+                                  ids.item_index[n_pairs:].view(cl_items.shape), branch.metric)
         return loss, consensus_learning_loss(cl_scores, k)
 
     def _batch_ids(self, batch: Batch, learn_consensus: bool) -> _BatchIds:
@@ -414,35 +423,32 @@ class ConCF(nn.Module):
         device = batch.users.device
         kinds = {HEAD_KINDS[h] for h in self.config.heads}
         ids = _BatchIds(pair_shape=(len(batch.users), 1 + batch.neg.shape[1]))
-        cl_users = torch.unique(batch.users) if learn_consensus else batch.users[:0]
+        cl_users = distinct(batch.users, self.num_users)[0] if learn_consensus else batch.users[:0]
         if learn_consensus:
             ids.cl_users = cl_users
             ids.cl_items = self.consensus[cl_users.cpu()].to(device)
         if "pair" in kinds:
             pair_items = torch.cat([batch.pos.unsqueeze(1), batch.neg], dim=1).reshape(-1)
             items = pair_items if ids.cl_items is None else torch.cat([pair_items, ids.cl_items.reshape(-1)])
-            ids.items, ids.item_index = torch.unique(items, return_inverse=True)
-            ids.users, ids.user_index = torch.unique(torch.cat([batch.users, cl_users]), return_inverse=True)
+            ids.items, ids.item_index = distinct(items, self.num_items)
+            ids.users, ids.user_index = distinct(torch.cat([batch.users, cl_users]), self.num_users)
         if "item" in kinds:
             ids.item_chunk = self._slice(self._item_order, len(batch.users)).to(device)
-            ids.item_targets = self._dense_rows(self.item_indptr, self.item_users, ids.item_chunk, self.num_users,
-                                                device)
+            ids.item_targets = self._ones(self.item_indptr, self.item_users, ids.item_chunk, device)
             if ids.cl_items is not None:
-                ids.cl_unique_items, ids.cl_item_index = torch.unique(ids.cl_items, return_inverse=True)
+                ids.cl_unique_items, ids.cl_item_index = distinct(ids.cl_items, self.num_items)
         if "user" in kinds:
             ids.user_chunk = self._slice(self._user_order, len(batch.users)).to(device)
             ids.user_chunk_and_cl = torch.cat([ids.user_chunk, cl_users])
-            ids.user_targets = self._dense_rows(self.split.train_indptr, self.split.train_items, ids.user_chunk,
-                                                self.num_items, device)
+            ids.user_targets = self._ones(self.split.train_indptr, self.split.train_items, ids.user_chunk, device)
         return ids
 
     @staticmethod
-    def _dense_rows(indptr: np.ndarray, values: np.ndarray, ids: torch.Tensor, width: int,
-                    device: torch.device) -> torch.Tensor:
+    def _ones(indptr: np.ndarray, values: np.ndarray, ids: torch.Tensor, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in ``ids``, column) of the ones of the CSR rows ``ids``: a multinomial head's targets."""
         rows, cols = gather_rows(indptr, values, ids.cpu().numpy())
-        dense = torch.zeros(len(ids), width, device=device)
-        dense[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = 1.0
-        return dense
+        return torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
 
     def forward(self, model: MultiHeadCF, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
