@@ -134,12 +134,26 @@ def distinct(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def sparse_multinomial_loss(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """:func:`kdrepro.objectives.multinomial_loss` of ``scores`` (B, n) with 0/1 targets given by their ones at
     distinct (``rows``, ``cols``): −Σ_b Σ_i y_bi log softmax(s_b)_i = Σ_b n_b · logsumexp(s_b) − Σ_{y_bi=1} s_bi
-    (n_b the ones in row b). No dense target matrix and no (B, n) log-softmax is formed: two fewer passes over
-    the scores forward and backward (equal to the dense form up to float rounding)."""
-    width = scores.shape[1]
-    ones_per_row = torch.bincount(rows, minlength=len(scores)).to(scores.dtype)
-    listed = scores.reshape(-1).index_select(0, rows * width + cols)
-    return (ones_per_row * torch.logsumexp(scores, dim=1)).sum() - listed.sum()
+    (n_b the ones in row b), with the gradient n_b · softmax(s_b) − y_b written in place into one (B, n) tensor.
+    No dense target matrix and no (B, n) log-softmax is formed (equal to the dense form up to float rounding)."""
+    return _SparseMultinomial.apply(scores, rows, cols)
+
+
+class _SparseMultinomial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        listed = rows * scores.shape[1] + cols
+        ones_per_row = torch.bincount(rows, minlength=len(scores)).to(scores.dtype)
+        log_normalizers = torch.logsumexp(scores, dim=1)
+        ctx.save_for_backward(scores, log_normalizers, ones_per_row, listed)
+        return (ones_per_row * log_normalizers).sum() - scores.reshape(-1).index_select(0, listed).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        scores, log_normalizers, ones_per_row, listed = ctx.saved_tensors
+        grad_scores = (scores - log_normalizers.unsqueeze(1)).exp_().mul_((ones_per_row * grad).unsqueeze(1))
+        grad_scores.view(-1).index_add_(0, listed, (-grad).expand(len(listed)))
+        return grad_scores, None, None
 
 
 def listed_scores(users: torch.Tensor, item_rows: torch.Tensor, index: torch.Tensor, metric: bool) -> torch.Tensor:
