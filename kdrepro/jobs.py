@@ -755,12 +755,11 @@ def format_plan(rows: Sequence[Mapping[str, Any]], workers: int = 1) -> str:
     """Per chapter: fits done / missing / stale and the estimated thread-hours of what is missing."""
     lines = []
     chapters = list(dict.fromkeys(r["chapter"] for r in rows))
-    total = 0.0
+    unique_todo = {r["key"]: r["est_seconds"] for r in rows if r["status"] != "done"}  # chapters share fits
     for chapter in chapters:
         mine = [r for r in rows if r["chapter"] == chapter]
         todo = [r for r in mine if r["status"] != "done"]
         seconds = sum(r["est_seconds"] for r in todo)
-        total += seconds
         counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "missing", "stale")}
         sources = {r["estimate"] for r in todo}
         lines.append(f"{chapter}: {len(mine)} fits, {counts['done']} done, {counts['missing']} missing, "
@@ -769,8 +768,9 @@ def format_plan(rows: Sequence[Mapping[str, Any]], workers: int = 1) -> str:
         for r in todo:
             lines.append(f"    {r['status']:7s} {r['kind']:10s} {r['fit']} seed {r['seed']}  "
                          f"≈ {r['est_seconds'] / 60:.1f} min")
-    lines.append(f"total to compute ≈ {total / 3600:.2f} thread-hours ≈ {total / 3600 / max(1, workers):.2f} h "
-                 f"on {workers} worker(s)")
+    total = sum(unique_todo.values())
+    lines.append(f"total to compute: {len(unique_todo)} distinct fits ≈ {total / 3600:.2f} thread-hours ≈ "
+                 f"{total / 3600 / max(1, workers):.2f} h on {workers} worker(s)")
     return "\n".join(lines)
 
 
