@@ -365,7 +365,8 @@ class ConCF(nn.Module):
     # One batch ---------------------------------------------------------------------------------------
     def _capture(self, index: int):
         def hook(grad: torch.Tensor) -> None:
-            self._grad_sq[index] += float(grad.detach().pow(2).sum())
+            flat = grad.detach().reshape(-1)
+            self._grad_sq[index] += float(flat.dot(flat))  # ‖g‖² in one pass (no squared copy)
         return hook
 
     def _rows(self, table: torch.Tensor, ids: torch.Tensor | None, index: int) -> torch.Tensor:
