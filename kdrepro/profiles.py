@@ -279,8 +279,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         "quick": {
             # The authors' lr 1e-2 (not the common quick 5e-3), 30 epochs: consensus every 5 epochs, learned from
             # epoch 11. One seed. Estimated from epoch costs measured on a busy 2-core machine with one thread
-            # (SingleCF ~1.3 s, ConCF ~4.7 s before and ~18 s during consensus learning, a generation ~7.5 s):
-            # SingleCF x 6 ~4 min, ConCF ~8 min, without CL ~3 min, BPR+CML ~3 min: about 20 minutes.
+            # (SingleCF ~1.3 s, ConCF ~4.3 s before and ~14 s during consensus learning, a generation ~4 s):
+            # SingleCF x 6 ~4 min, ConCF ~6 min, without CL ~3 min, BPR+CML ~3 min: about 18 minutes.
             "EPOCHS": 30,
             "EVAL_EVERY": 5,
             "PATIENCE": 0,
