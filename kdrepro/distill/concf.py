@@ -43,7 +43,9 @@ consensus (U, N); CL scores (B_u, N) per head over the B_u distinct users of a b
   authors' consistency term stopped changing at epoch 50).
 - Multinomial heads: each epoch covers every user (user multinomial) and every item (item multinomial)
   once, a slice per batch, as an autoencoder epoch does; pairwise heads see the batch's (user, pos, neg).
-- The consensus is generated in one vectorised pass (the authors ranked in a Python loop over users).
+- The consensus is generated vectorised, a block of users at a time (the authors ranked in a Python loop over
+  users); the speed kernels (ranking, queue positions, consensus top-N, the multinomial heads' loss, the
+  consensus-list scores) are in :mod:`kdrepro.distill._concf_kernels`, each tested against its plain form.
 """
 
 from __future__ import annotations
