@@ -4,6 +4,10 @@
 - :class:`ConCFSetting` / :class:`ConCFRun` / :func:`run`: fits of SingleCF (one head) and ConCF variants
   (heads, with or without consensus learning), every head and the consensus evaluated on the test set at
   the target head's best validation epoch; long-form results and the per-generation validation log.
+  Each fit is a job of the task ``concf`` (:data:`CONCF_TASK`, :mod:`kdrepro.jobs`): it runs on the
+  configured executor and its ledger entry holds everything the tables read (every head's and the
+  consensus' test metrics, the validation log, the balancing weights, the target head's top-K test hits),
+  so a complete ledger renders the chapter without weights; the inference timing loads them from the store.
 - :func:`complementarity` / :func:`overlap_heatmap`: which test interactions each SingleCF hits in its
   top-K that no other model hits, and the pairwise overlap of the hits.
 - :func:`validation_curves`: heads and consensus over training, the warm-up/CL boundary, reference lines;
@@ -14,8 +18,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import os
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +38,8 @@ from kdrepro.efficiency import count_parameters, time_recommend_all
 from kdrepro.evaluate import evaluate, rank_full
 from kdrepro.models.multihead import MultiHeadCF
 from kdrepro.splits import Split
-from kdrepro.train import FitResult, TrainConfig, fit
+from kdrepro.store import TRAINING_CODE, Store, code_digest
+from kdrepro.train import TrainConfig, fit, resolve_device
 
 HEAD_LABELS = {"bpr": "BPR", "cml": "CML", "bce": "BCE", "mse": "MSE", "user_multinomial": "Multi (user)",
                "item_multinomial": "Multi (item)"}
@@ -106,6 +112,7 @@ class ConCFSetting:
     concf: ConCFConfig  # heads/consensus_learning are set per run; the rest (α, T, N, warm-up …) from here
     dim: int = 64
     dropout: float = 0.1
+    hits_k: int = 50  # top-K of the test hits each fit records (the complementarity analysis)
 
     def __post_init__(self) -> None:
         if self.train.loss != "none":
@@ -113,16 +120,117 @@ class ConCFSetting:
                              f"got {self.train.loss!r}")
 
 
+# --------------------------------------------------------------------------------------------------
+# The task: one ConCF / SingleCF fit as a job
+# --------------------------------------------------------------------------------------------------
+
+
+def encode_hits(hits: np.ndarray) -> str:
+    """(n,) bool → base64 of its packed bits (a ledger field: one bit per test interaction)."""
+    return base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode()
+
+
+def decode_hits(text: str, length: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=length).astype(bool)
+
+
+def concf_job(setting: ConCFSetting, run: ConCFRun, seed: int, store: Store | None = None) -> jobs.FitJob:
+    """The job of ``run`` and ``seed``: the multi-branch model (heads, dim, dropout, target), the run's ConCF
+    config, the training config and the seed; its labels name the run for people."""
+    target = setting.concf.target if setting.concf.target in run.heads else run.heads[0]
+    config = dataclasses.replace(setting.concf, heads=run.heads, target=target,
+                                 consensus_learning=run.consensus_learning and len(run.heads) > 1)
+    model = {"name": "multihead", "dim": setting.dim, "heads": list(run.heads), "target": target,
+             "dropout": setting.dropout}
+    params = {"concf": {**dataclasses.asdict(config), "heads": list(run.heads)}, "hits_k": setting.hits_k}
+    entry = jobs.split_entry(store or Store(), setting.split)
+    labels = {"protocol": setting.split.protocol, "base": f"mlp{setting.dim}", "method": run.label}
+    return jobs.FitJob("concf", entry, setting.split.dataset, model, setting.train.to_dict(), seed, labels=labels,
+                       task="concf", params=params)
+
+
+def _build(job: jobs.FitJob, split: Split) -> MultiHeadCF:
+    model = job.model
+    return MultiHeadCF(split.num_users, split.num_items, tuple(model["heads"]), dim=model["dim"],
+                       target=model["target"], dropout=model["dropout"])
+
+
+def _config(job: jobs.FitJob) -> ConCFConfig:
+    return ConCFConfig(**{**job.params["concf"], "heads": tuple(job.params["concf"]["heads"])})
+
+
+def _run_concf(job: jobs.FitJob, split: Split, _inputs: None) -> jobs.FitOutcome:
+    """One fit (in a worker): the model built after seeding, the ConCF module as ``fit``'s extension, then
+    every head (and the consensus) on the test set and the target head's top-K test hits."""
+    config = _config(job)
+    torch.manual_seed(job.seed)
+    model = _build(job, split)
+    module = ConCF(config, split)
+    result = fit(model, split, job.train_config, distill=module, seed=job.seed)
+    heads = {head: evaluate(model.head(head), split, "test") for head in config.heads}
+    if len(config.heads) > 1:
+        heads["consensus"] = evaluate(ConsensusScorer(model, split, "test", config.top_n, config.temperature),
+                                      split, "test")
+    hits = test_hits(model.head(config.target), split, job.params["hits_k"])
+    summary = jobs.fit_summary(result, 0)
+    summary["extra"] = {"heads": heads, "log": module.log, "weight_log": module.weight_log,
+                        "test_hits": encode_hits(hits), "num_test": len(hits)}
+    return jobs.FitOutcome(key=job.key, state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                           result=summary, history=result.history, config=result.config,
+                           threads=torch.get_num_threads(), device=str(resolve_device(job.train_config.device)))
+
+
+def _concf_code(job: jobs.FitJob) -> str:
+    return code_digest(*TRAINING_CODE, "models/multihead.py", "distill/concf.py", "distill/_concf_kernels.py",
+                       "concf_analysis.py")
+
+
+def _concf_seconds(job: jobs.FitJob) -> float:
+    """Fallback: SingleCF epochs; ConCF's warm-up and consensus-learning epochs and its generations (every
+    ``update_every`` epochs, kept without CL to log the heads), pro rata of six heads."""
+    cost, config, epochs = jobs.EPOCH_SECONDS, job.params["concf"], jobs.expected_epochs(job.train)
+    heads = len(config["heads"])
+    if heads == 1:
+        return cost["singlecf"] * epochs
+    share = heads / 6
+    warmup = epochs if not config["consensus_learning"] else min(epochs, config["warmup_epochs"])
+    generations = -(-epochs // config["update_every"])
+    return share * (cost["concf_warmup"] * warmup + cost["concf_cl"] * (epochs - warmup)
+                    + cost["concf_generation"] * generations)
+
+
+CONCF_TASK = jobs.Task(code=_concf_code, run=_run_concf, seconds=_concf_seconds, build=_build)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class ConCFFit:
+    """One fit from the ledger: ``entry`` (metrics, history, ``extra``); ``model`` loaded from the store when
+    first read (fitted when the store lacks it)."""
+
     run: ConCFRun
     seed: int
-    result: FitResult
-    module: ConCF
+    job: jobs.FitJob
+    entry: dict
+    trained: bool
+    store: Store = field(repr=False)
+
+    @functools.cached_property
+    def model(self) -> MultiHeadCF:
+        return jobs.load_model(self.store, self.job)
 
     @property
-    def model(self) -> MultiHeadCF:
-        return self.result.model
+    def extra(self) -> dict:
+        return self.entry.get("extra") or {}
+
+    @property
+    def hits(self) -> np.ndarray:
+        """(n_test,) bool: the target head's top-K hits of the test interactions (from the ledger)."""
+        return decode_hits(self.extra["test_hits"], self.extra["num_test"])
 
 
 @dataclass
@@ -138,37 +246,19 @@ class ConCFResults:
         raise KeyError(f"no fit {label!r} (seed {seed}); have {sorted({f.run.label for f in self.fits})}")
 
 
-def fit_one(setting: ConCFSetting, run: ConCFRun, seed: int) -> ConCFFit:
-    """One fit of ``run``: the model built after seeding, the ConCF module as ``fit``'s extension."""
-    target = setting.concf.target if setting.concf.target in run.heads else run.heads[0]
-    config = dataclasses.replace(setting.concf, heads=run.heads, target=target,
-                                 consensus_learning=run.consensus_learning and len(run.heads) > 1)
-    torch.manual_seed(seed)
-    model = MultiHeadCF(setting.split.num_users, setting.split.num_items, run.heads, dim=setting.dim,
-                        target=target, dropout=setting.dropout)
-    module = ConCF(config, setting.split)
-    result = fit(model, setting.split, setting.train, distill=module, seed=seed)
-    return ConCFFit(run, seed, result, module)
-
-
 def _test_rows(setting: ConCFSetting, item: ConCFFit) -> list[dict]:
-    model, split = item.model, setting.split
-    evaluated = {head: evaluate(model.head(head), split, "test") for head in item.run.heads}
-    if len(item.run.heads) > 1:
-        scorer = ConsensusScorer(model, split, "test", setting.concf.top_n, setting.concf.temperature)
-        evaluated["consensus"] = evaluate(scorer, split, "test")
     rows = []
-    for head, metrics in evaluated.items():
+    for head, metrics in item.extra.get("heads", {}).items():
         method = item.run.label if len(item.run.heads) == 1 else f"{item.run.label} {head}"
-        rows += [{"dataset": setting.dataset, "protocol": split.protocol, "base": f"mlp{setting.dim}", "method": method,
-                  "run": item.run.label, "head": head, "metric": name, "seed": item.seed, "value": value}
-                 for name, value in metrics.items()]
+        rows += [{"dataset": setting.dataset, "protocol": setting.split.protocol, "base": f"mlp{setting.dim}",
+                  "method": method, "run": item.run.label, "head": head, "metric": name, "seed": item.seed,
+                  "value": value} for name, value in metrics.items()]
     return rows
 
 
 def _log_rows(item: ConCFFit) -> list[dict]:
     rows = []
-    for entry in item.module.log:
+    for entry in item.extra.get("log", []):
         for key, value in entry.items():
             if "/" in key:
                 model, metric = key.split("/", 1)
@@ -178,31 +268,34 @@ def _log_rows(item: ConCFFit) -> list[dict]:
 
 
 def run(setting: ConCFSetting, runs: Sequence[ConCFRun]) -> ConCFResults:
-    """Every run × seed: fitted, then every head (and the consensus) evaluated on the test set.
-
-    The fits run here, in the calling process, not through :mod:`kdrepro.jobs` (whose jobs describe a base
-    model plus a registered distillation method; a multi-branch model with its ConCF module is not one yet):
-    they are not in the results ledger, and in planning mode (``run_all.py --plan``) this refuses to train.
-    """
-    if os.environ.get(jobs.PLAN_FILE_ENV):
-        raise RuntimeError("chapter 06 fits ConCF in the notebook, outside the jobs ledger: nothing to plan "
-                           f"({len(runs)} runs x {len(setting.seeds)} seeds would be trained here)")
-    fits = [fit_one(setting, r, seed) for r in runs for seed in setting.seeds]
-    results = pd.DataFrame([row for item in fits for row in _test_rows(setting, item)])
+    """Every run × seed as a job (:func:`concf_job`): from the ledger, or fitted through the executor; every
+    head (and the consensus) evaluated on the test set by the job. In planning mode the jobs are recorded and
+    the results are empty."""
+    store = Store()
+    cells = {(r, seed): concf_job(setting, r, seed, store) for r in runs for seed in setting.seeds}
+    done = jobs.run_jobs(list(cells.values()), store=store)
+    fits = [ConCFFit(r, seed, job, done[job.key].entry, done[job.key].trained, store)
+            for (r, seed), job in cells.items()]
+    trained = sum(item.trained for item in fits)
+    print(f"concf: {len(fits)} fits, {len(fits) - trained} from the ledger, {trained} trained now", flush=True)
+    results = pd.DataFrame([row for item in fits for row in _test_rows(setting, item)],
+                           columns=["dataset", "protocol", "base", "method", "run", "head", "metric", "seed",
+                                    "value"])
     log = pd.DataFrame([row for item in fits for row in _log_rows(item)],
                        columns=["run", "seed", "epoch", "model", "metric", "value"])
     return ConCFResults(results, log, fits)
 
 
 def fit_summary(results: ConCFResults) -> pd.DataFrame:
-    """Per fit: best epoch, epochs run, seconds, mean seconds of a consensus generation."""
+    """Per fit: best epoch, epochs run, seconds, mean seconds of a consensus generation, from the ledger."""
     rows = []
     for item in results.fits:
-        generations = [entry["generation_s"] for entry in item.module.log]
+        generations = [entry["generation_s"] for entry in item.extra.get("log", [])]
         rows.append({"run": item.run.label, "seed": item.seed, "heads": len(item.run.heads),
-                     "best_epoch": item.result.best_epoch, "epochs": len(item.result.history),
-                     "seconds": item.result.seconds,
-                     "generation_s": float(np.mean(generations)) if generations else np.nan})
+                     "best_epoch": item.entry.get("best_epoch"), "epochs": item.entry.get("epochs_run"),
+                     "seconds": item.entry.get("seconds"),
+                     "generation_s": float(np.mean(generations)) if generations else np.nan,
+                     "from_ledger": not item.trained})
     return pd.DataFrame(rows)
 
 
@@ -239,14 +332,15 @@ def test_hits(model: torch.nn.Module, split: Split, k: int = 50) -> np.ndarray:
     return (tops[split.test_users] == split.test_items[:, None]).any(axis=1)
 
 
-def complementarity(models: Mapping[str, torch.nn.Module], split: Split, k: int = 50
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Of the test interactions each model hits in its top-``k``: how many no other model hits.
+def complementarity(hits: Mapping[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Of the test interactions each model hits in its top-K (``{model: (n_test,) bool}``, :func:`test_hits`,
+    kept by every fit's ledger entry as :attr:`ConCFFit.hits`): how many no other model hits.
 
     Returns (per model: hits, unique hits, unique share of its hits, share of all test interactions;
     an "any model" row), and the overlap matrix: row A, column B = |hits(A) ∩ hits(B)| / |hits(A)|.
     """
-    hits = {name: test_hits(model, split, k) for name, model in models.items()}
+    if not hits:
+        raise ValueError("complementarity needs the hits of at least one model")
     matrix = np.stack(list(hits.values()))  # (models, n_test)
     counts = matrix.sum(0)
     rows = []
@@ -320,11 +414,11 @@ def validation_curves(log: pd.DataFrame, lines: Mapping[str, tuple[str, str]], m
 def balancing_weights(item: ConCFFit, ax=None) -> Figure:
     """The heads' balancing weights w_x at the start of every epoch of one fit (renormalised to sum to the
     number of heads before each step; flat at 1 without balancing)."""
-    weights = pd.DataFrame(item.module.weight_log).set_index("epoch")
+    weights = pd.DataFrame(item.extra["weight_log"]).set_index("epoch")
     fig, ax = _axes(ax, (6.0, 3.6))
     for head in weights.columns:
         ax.plot(weights.index, weights[head].to_numpy(), label=HEAD_LABELS.get(head, head))
-    ax.axvline(item.module.config.warmup_epochs, color="black", linestyle=":", linewidth=1)
+    ax.axvline(item.job.params["concf"]["warmup_epochs"], color="black", linestyle=":", linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("w (start of epoch)")
     ax.set_title(f"{item.run.label}, seed {item.seed}: balancing weights", fontsize="medium")

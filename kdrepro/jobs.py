@@ -4,6 +4,10 @@ and the campaign commands (plan, fill).
 - A :class:`FitJob` describes one fit completely (split entry, model/training/method configs, seed,
   teacher) and is keyed by the hash of what decides it, code digest included (:mod:`kdrepro.store`).
   It is plain data: it goes to a worker process or a Ray task as it is, or to a plan file as JSON.
+  A fit that is not "a base model, optionally distilled from one teacher" (ConCF's multi-branch model,
+  HetComp's teacher trajectories and its students on six trajectories) is a job of a registered
+  :class:`Task` (``task`` names it, ``params`` describes it as plain data, ``inputs`` are the jobs whose
+  stored outputs it reads, computed first like teachers).
 - :func:`execute` runs one job wherever it is sent (it sets the worker's torch threads first) and
   returns a :class:`FitOutcome` (weights, metrics, history) to the driver; workers never write.
 - :func:`run_jobs` (the driver) looks every job up in the ledger and the store, sends the missing ones
@@ -23,6 +27,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import platform
@@ -64,7 +69,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # used by `plan` until the ledger has timings of its own: the base BPR epoch (dim 200: 0.6 s) plus each
 # method's extra; DE and HTD between their dense (τ ≈ 1) and annealed regimes. A rough guide, not a promise.
 EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
-                 "phr": 1.0, "fitnet": 0.6, "ftd": 0.6}
+                 "phr": 1.0, "fitnet": 0.6, "ftd": 0.6,
+                 # Tasks (CiteULike, CPU s, one thread). ConCF, six heads (fewer heads: pro rata): a warm-up
+                 # epoch, a consensus-learning epoch, one consensus generation (every p epochs); SingleCF.
+                 "concf_warmup": 4.3, "concf_cl": 14.0, "concf_generation": 4.0, "singlecf": 1.3,
+                 # HetComp's 64-d teachers by kind (trajectory jobs); NeuMF's full ranking (a validation,
+                 # and the recorder's ranking at a new best) costs this much more per validation.
+                 "trajectory_bpr": 0.33, "trajectory_cml": 0.38, "trajectory_lightgcn": 6.7,
+                 "trajectory_vae": 1.35, "trajectory_item_ae": 2.7, "trajectory_neumf": 2.0,
+                 "neumf_ranking": 58.0,
+                 # HetComp's MF students (dim 6): whole epochs, and one knowledge construction (every p epochs).
+                 "hetcomp": 0.96, "dcd": 3.1, "ensemble_rrd": 0.55, "knowledge_construction": 1.4}
 # Epochs an early-stopped fit is assumed to run before the ledger knows (the papers' BPR runs stop after
 # 100-300 epochs at lr 1e-3).
 EARLY_STOPPED_EPOCHS = 200
@@ -193,6 +208,38 @@ class Executor:
 # --------------------------------------------------------------------------------------------------
 
 MODEL_KIND, STUDENT_KIND, MODULE_KIND = teachers.MODEL_KIND, "students", "kd_modules"
+# Registered tasks: name -> "module:attribute" of their Task, resolved when first used (in the driver and in
+# every worker), so that this layer names the chapters' fits without importing them.
+TASKS = {"concf": "kdrepro.concf_analysis:CONCF_TASK", "trajectory": "kdrepro.trajectories:TRAJECTORY_TASK",
+         "hetcomp": "kdrepro.heterogeneous:STUDENT_TASK"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A kind of fit the standard :func:`execute` does not cover, as functions of its :class:`FitJob`.
+
+    - ``code(job)``: digest of the code behind the fit (part of the key).
+    - ``run(job, split, inputs)``: the fit, in a worker; returns a :class:`FitOutcome` and writes nothing.
+    - ``load_inputs(store, job, split)``: in the driver, what the job reads from its ``inputs``' store entries
+      (``None``: the job has no inputs).
+    - ``build(job, split)``: an untrained model to load the stored weights into (``None``: none stored).
+    - ``seconds(job)``: the fallback estimate of the fit's seconds (from :data:`EPOCH_SECONDS`).
+    """
+
+    code: Callable[[FitJob], str]
+    run: Callable[[FitJob, Split, Any], FitOutcome]
+    seconds: Callable[[FitJob], float]
+    load_inputs: Callable[[Store, FitJob, Split], Any] | None = None
+    build: Callable[[FitJob, Split], torch.nn.Module] | None = None
+
+
+@functools.cache
+def task(name: str) -> Task:
+    """The registered :class:`Task` called ``name`` (:data:`TASKS`)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; registered: {sorted(TASKS)}")
+    module, attribute = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 @functools.cache
@@ -234,16 +281,27 @@ class FitJob:
     record_selection: bool = False
     labels: Mapping[str, Any] = field(default_factory=dict)  # chapter, base, method, run keys (for people)
     code: str = ""  # digest of the code behind the fit, fixed when the job is made (method_code_digest)
+    task: str = ""  # "" the standard fit (execute); else a registered Task (TASKS)
+    params: Mapping[str, Any] = field(default_factory=dict)  # the task's description (plain data)
+    inputs: tuple[FitJob, ...] = ()  # jobs whose stored outputs the task reads (computed first)
 
     def __post_init__(self) -> None:
         if not self.code:
-            object.__setattr__(self, "code", method_code_digest(self.spec, self.model["name"]))
+            code = task(self.task).code(self) if self.task else method_code_digest(self.spec, self.model["name"])
+            object.__setattr__(self, "code", code)
+
+    @property
+    def requires(self) -> tuple[FitJob, ...]:
+        """The jobs whose outputs this one reads: its teacher, or its task's inputs."""
+        return (self.teacher,) if self.teacher is not None else tuple(self.inputs)
 
     @property
     def described(self) -> dict:
         """What decides the fit (hashed into its key, recorded in its ledger entry)."""
         train = teachers.relevant_train(TrainConfig(**self.train))
         out = {"split": self.split[1], "model": self.model, "train": train, "seed": self.seed, "code": self.code}
+        if self.task:
+            return {**out, "task": self.task, "params": dict(self.params), "inputs": [j.key for j in self.inputs]}
         if self.spec is not None:
             out.update(spec=self.spec, configs=dict(self.configs), teacher=self.teacher.key,
                        top_n=list(self.top_n), selection=self.record_selection)
@@ -261,6 +319,8 @@ class FitJob:
     @property
     def name(self) -> str:
         model = f"{self.dataset}-{self.model['name']}-d{self.model['dim']}"
+        if self.task:
+            return f"{model}-{self.task}-{stable_hash(dict(self.params), 6)}"
         return model if self.spec is None else f"{model}-{self.spec.replace('+', '_')}"
 
     @property
@@ -279,12 +339,14 @@ class FitJob:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["teacher"] = self.teacher.to_dict() if self.teacher is not None else None
+        out["inputs"] = [j.to_dict() for j in self.inputs]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> FitJob:
         values = dict(data)
         values["teacher"] = cls.from_dict(values["teacher"]) if values.get("teacher") else None
+        values["inputs"] = tuple(cls.from_dict(j) for j in values.get("inputs", ()))
         values["split"], values["top_n"] = tuple(values["split"]), tuple(values["top_n"])
         return cls(**values)
 
@@ -308,9 +370,10 @@ class FitOutcome:
     selection: dict[str, np.ndarray] | None = None
     threads: int = 1
     device: str = "cpu"
+    files: dict[str, Any] = field(default_factory=dict)  # a task's own store files (arrays, JSON)
 
 
-def _fit_summary(result: FitResult, kd_parameters: int) -> dict:
+def fit_summary(result: FitResult, kd_parameters: int) -> dict:
     train_seconds = [h["train_s"] for h in result.history if "train_s" in h]
     return {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch, "seconds": result.seconds,
             "epochs_run": len(result.history), "epoch_s": float(np.mean(train_seconds)) if train_seconds else None,
@@ -340,6 +403,8 @@ def decode_ranks(text: str) -> np.ndarray:
 def execute(item: tuple[FitJob, Split, TeacherOutputs | None]) -> FitOutcome:
     """Run one fit (in a worker or in the driver); it writes nothing."""
     job, split, outputs = item
+    if job.task:
+        return task(job.task).run(job, split, outputs)
     selection_log, module = None, None
     if job.spec is not None:
         configs = {name: make_config(name, values) for name, values in job.configs.items()}
@@ -353,7 +418,7 @@ def execute(item: tuple[FitJob, Split, TeacherOutputs | None]) -> FitOutcome:
         epochs, experts = selection_log.finish(len(result.history))
         selection = {"epochs": epochs, "experts": experts}
     keep_module = module is not None and job.kind == MODULE_KIND
-    summary = _fit_summary(result, kd_parameters)
+    summary = fit_summary(result, kd_parameters)
     summary["test_ranks"] = held_out_ranks(result.model, split)
     return FitOutcome(
         key=job.key, state={k: v.detach().cpu() for k, v in result.model.state_dict().items()},
@@ -488,6 +553,8 @@ class Ledger:
             "threads": threads, "device": device, "versions": self._versions, "git_sha": self._git,
             "history": compact_history(history),
         }
+        if outcome_result.get("extra") is not None:  # a task's small per-fit results (tables need no weights)
+            entry["extra"] = outcome_result["extra"]
         write_json(self.path(job), entry)
         return json.loads(self.path(job).read_text())  # as every later reader sees it (keys sorted)
 
@@ -530,8 +597,12 @@ def _store_files(outcome: FitOutcome, job: FitJob) -> dict[str, Any]:
                                              "described": job.described},
                              "history.json": outcome.history,
                              "metrics.json": {k: outcome.result[k] for k in ("test", "valid", "best_epoch", "seconds")}
-                             | {"kd_parameters": outcome.result["kd_parameters"]},
-                             "model.pt": outcome.state}
+                             | {"kd_parameters": outcome.result["kd_parameters"]}}
+    if outcome.state:  # a task may keep no weights (a trajectory keeps its rankings)
+        files["model.pt"] = outcome.state
+    if outcome.result.get("extra") is not None:
+        files["extra.json"] = outcome.result["extra"]
+    files.update(outcome.files)
     if outcome.selection is not None:
         files["selection.npz"] = outcome.selection
     if outcome.module_state is not None:
@@ -546,10 +617,12 @@ def _from_store(store: Store, ledger: Ledger, job: FitJob) -> dict | None:
         return None
     metrics, history = entry.json("metrics.json"), entry.json("history.json")
     train_seconds = [h["train_s"] for h in history if "train_s" in h]
-    state = entry.state("model.pt")
+    stored = set(entry.files)
     result = {**metrics, "epochs_run": len(history),
               "epoch_s": float(np.mean(train_seconds)) if train_seconds else None,
-              "parameters": int(sum(v.numel() for v in state.values()))}
+              "parameters": int(sum(v.numel() for v in entry.state("model.pt").values()))
+              if "model.pt" in stored else None,
+              "extra": entry.json("extra.json") if "extra.json" in stored else None}
     return ledger.record(job, result, history, threads=0, device="unknown")
 
 
@@ -588,15 +661,15 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
             missing.append(job)
     if not missing:
         return done
-    teachers_needed = {j.teacher.key: j.teacher for j in missing if j.teacher is not None}
-    teacher_jobs = [t for k, t in teachers_needed.items()
-                    if store.open(t.kind, t.name, t.key) is None and k not in {j.key for j in missing}]
-    first = [j for j in missing if j.spec is None] + teacher_jobs
-    second = [j for j in missing if j.spec is not None]
+    needed = {d.key: d for j in missing for d in j.requires}  # teachers, a task's inputs
+    missing_keys = {j.key for j in missing}
+    needed_jobs = [d for k, d in needed.items() if store.open(d.kind, d.name, d.key) is None and k not in missing_keys]
+    first = [j for j in missing if not j.requires] + needed_jobs
+    second = [j for j in missing if j.requires]
     total, count, started = len(first) + len(second), 0, time.time()
     executor = Executor(settings)
     splits: dict[tuple[str, str], Split] = {}
-    outputs_of: dict[tuple[str, tuple[int, int]], TeacherOutputs] = {}  # one load per teacher, not per student
+    outputs_of: dict[tuple, Any] = {}  # one load per teacher (or a task's inputs), not per student
     for phase in (first, second):
         if not phase:
             continue
@@ -607,7 +680,12 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
             if job.split not in splits:
                 splits[job.split] = load_job_split(store, job)
             outputs = None
-            if job.teacher is not None:
+            if job.task and job.inputs:
+                wanted = (job.task, *(j.key for j in job.inputs))
+                if wanted not in outputs_of:
+                    outputs_of[wanted] = task(job.task).load_inputs(store, job, splits[job.split])
+                outputs = outputs_of[wanted]
+            elif job.teacher is not None:
                 wanted = (job.teacher.key, tuple(job.top_n))
                 if wanted not in outputs_of:
                     outputs_of[wanted] = teacher_outputs(store, job, splits[job.split])
@@ -628,13 +706,12 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
 
 def load_model(store: Store, job: FitJob, settings: ExecutorSettings | None = None) -> torch.nn.Module:
     """The trained model of ``job`` (from the store; fitted now when the store lacks it)."""
-    entry = store.open(job.kind, job.name, job.key)
-    if entry is None:
-        run_jobs([job], store=store, settings=settings, need_weights=True)
-        entry = store.open(job.kind, job.name, job.key)
+    entry = load_entry(store, job, settings)
     split = load_job_split(store, job)
     torch.manual_seed(job.seed)
-    model = build_model(job.model_config, split)
+    if job.task and task(job.task).build is None:
+        raise ValueError(f"task {job.task!r} keeps no weights: {job.name} has no model to load")
+    model = task(job.task).build(job, split) if job.task else build_model(job.model_config, split)
     model.load_state_dict(entry.state("model.pt"))
     return model.to(resolve_device(job.train_config.device))
 
@@ -645,6 +722,8 @@ def load_entry(store: Store, job: FitJob, settings: ExecutorSettings | None = No
     if entry is None:
         run_jobs([job], store=store, settings=settings, need_weights=True)
         entry = store.open(job.kind, job.name, job.key)
+    if entry is None:  # planning mode records the job and fits nothing
+        raise RuntimeError(f"{job.name} ({job.key}) is not in the store and was not fitted (planning mode?)")
     return entry
 
 
@@ -712,6 +791,9 @@ def expected_epochs(train: Mapping[str, Any]) -> int:
 
 
 def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
+    if job_or_entry.get("task"):  # same task, model and parameters: any seed, train settings or code
+        return (job_or_entry["dataset"], job_or_entry["task"], json.dumps(job_or_entry["model"], sort_keys=True),
+                json.dumps(job_or_entry["params"], sort_keys=True))
     return (job_or_entry["dataset"], job_or_entry["spec"], job_or_entry["model"]["name"], job_or_entry["model"]["dim"])
 
 
@@ -721,6 +803,8 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[float]]) -> tuple
     seen = timings.get(_cost_class(job.to_dict()))
     if seen:
         return float(np.median(seen)), "ledger"
+    if job.task:
+        return task(job.task).seconds(job), "fallback"
     per_epoch = EPOCH_SECONDS["models"] + sum(EPOCH_SECONDS.get(n, 1.0) for n in (job.spec or "").split("+") if n)
     return per_epoch * expected_epochs(job.train), "fallback"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -33,6 +35,7 @@ from kdrepro.distill.concf import (
 from kdrepro.evaluate import evaluate, rank_full
 from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball
 from kdrepro.objectives import BASE_LOSSES, bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
+from kdrepro.store import Store
 from kdrepro.train import TrainConfig, fit
 from kdrepro.types import Batch
 
@@ -213,11 +216,49 @@ def test_one_pass_core_filter_by_hand():
         concf_analysis.core_filter(toy, 4)
 
 
-def test_planning_mode_trains_nothing(split, monkeypatch, tmp_path):
-    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(tmp_path / "plan.jsonl"))
-    setting = concf_analysis.ConCFSetting("synthetic", split, (0,), TrainConfig(epochs=1, loss="none"), ConCFConfig())
-    with pytest.raises(RuntimeError, match="nothing to plan"):
-        concf_analysis.run(setting, concf_analysis.single_runs(["bpr"]))
+def _setting(split, seeds=(0,)) -> concf_analysis.ConCFSetting:
+    train = TrainConfig(epochs=3, eval_every=1, patience=0, loss="none", progress=False, device="cpu", batch_size=256)
+    concf = ConCFConfig(heads=("bpr", "cml"), warmup_epochs=1, update_every=1, top_n=50, num_interesting=10,
+                        queue_size=2)
+    return concf_analysis.ConCFSetting("synthetic", split, seeds, train, concf, dim=16, hits_k=10)
+
+
+def test_planning_records_the_concf_jobs_and_trains_nothing(split, monkeypatch, tmp_path):
+    plan_file = tmp_path / "plan.jsonl"
+    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(plan_file))
+    setting = _setting(split, (0, 1))
+    runs = concf_analysis.single_runs(["bpr", "cml"]) + concf_analysis.concf_runs(["bpr", "cml"])
+    planned = concf_analysis.run(setting, runs)
+    recorded = [jobs.FitJob.from_dict(json.loads(line)) for line in plan_file.read_text().splitlines()]
+    assert len(recorded) == 8 and {j.task for j in recorded} == {"concf"}
+    assert planned.results.empty and not any(item.trained for item in planned.fits)
+    rows = jobs.plan({"06": recorded})
+    assert {r["status"] for r in rows} == {"missing"} and all(r["est_seconds"] > 0 for r in rows)
+
+
+def test_concf_jobs_fill_the_ledger_and_render_from_it(split, tmp_path):
+    """A fit runs once; a rerun reads every row (heads, consensus, log, hits) from the ledger, no training;
+    the local executor gives the serial numbers."""
+    setting = _setting(split)
+    runs = concf_analysis.single_runs(["bpr"]) + concf_analysis.concf_runs(["bpr", "cml"], without_cl=False)
+    first = concf_analysis.run(setting, runs)
+    again = concf_analysis.run(setting, runs)
+    assert all(item.trained for item in first.fits) and not any(item.trained for item in again.fits)
+    pd.testing.assert_frame_equal(first.results, again.results)
+    assert set(again.results["method"]) >= {"SingleCF bpr", "ConCF bpr", "ConCF cml", "ConCF consensus"}
+    assert set(again.log["model"]) >= {"bpr", "cml", "consensus"}
+    single = again.fit_of("SingleCF bpr")
+    hits = concf_analysis.test_hits(single.model.head("bpr"), split, 10)  # weights loaded lazily from the store
+    assert np.array_equal(single.hits, hits)
+    concf = again.fit_of("ConCF")
+    assert evaluate(concf.model.head("bpr"), split, "test") == pytest.approx(concf.entry["extra"]["heads"]["bpr"])
+    job = concf.job
+    jobs.split_entry(Store(tmp_path / "store"), split)
+    local = jobs.run_jobs([job], store=Store(tmp_path / "store"), ledger=jobs.Ledger(tmp_path / "results"),
+                          settings=jobs.ExecutorSettings(kind="local", workers=2, threads=1), log=lambda _: None)
+    assert local[job.key].trained and local[job.key].entry["test"] == concf.entry["test"]
+    assert 0 < concf.entry["seconds"] and concf.entry["epochs_run"] == 3
+    assert local[job.key].entry["extra"]["heads"] == concf.entry["extra"]["heads"]
 
 
 def test_ranking_kernel_matches_rank_full(split):
