@@ -4,7 +4,11 @@ teachers and their trajectories are :mod:`kdrepro.trajectories`).
 - :func:`ranking_metrics`, :func:`ensemble_metrics` — holdout metrics of a precomputed ranking (the
   ensemble has no model to score).
 - :func:`run_students` — the students (no KD, RRD and DCD on the ensemble, HetComp and its ablations)
-  over seeds, each fit stored once; long-form results, histories and HetComp's DKC dynamics.
+  over seeds, each a job of :mod:`kdrepro.jobs` (the distilled ones of the task ``hetcomp``,
+  :data:`STUDENT_TASK`, whose inputs are the six trajectory jobs; the undistilled MF student a plain model
+  job): from the ledger, or fitted through the executor; long-form results, histories and HetComp's DKC
+  dynamics (kept in each ledger entry). The task's code digest covers the training loop, MF and the
+  methods' files, not this file's tables.
 - :func:`teacher_results`, :func:`teacher_table`, :func:`efficiency_table`, :func:`gap_table`,
   :func:`dynamics_summary`, :func:`dynamics_plot` — the tables and figures of the chapter (plots take
   ``ax=None`` and return the figure).
@@ -16,14 +20,14 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from kdrepro import distill, teachers
-from kdrepro._io import stable_hash
+from kdrepro import distill, jobs
 from kdrepro.distill.hetcomp import TeacherTrajectories, ensemble_outputs, ensemble_topk
 from kdrepro.efficiency import count_parameters, time_recommend_all
 from kdrepro.evaluate import gather_rows
@@ -33,13 +37,13 @@ from kdrepro.report import history_frame, long_results
 from kdrepro.sampling import PairSet
 from kdrepro.splits import Split
 from kdrepro.store import TRAINING_CODE, Store, code_digest
-from kdrepro.train import TrainConfig, fit
+from kdrepro.train import TrainConfig, fit, resolve_device
 from kdrepro.trajectories import (
     MONITOR,
     TEACHER_LABELS,
     TEACHER_OBJECTIVES,
     TeacherTrajectory,
-    trajectories_digest,
+    load_trajectories,
 )
 
 STUDENT_KIND = "hetcomp-students"
@@ -122,44 +126,81 @@ def _method_config(label: str, method_configs: Mapping[str, Mapping]) -> tuple[s
     return spec, {**method_configs.get(spec, {}), **overrides} if spec else {}, loss
 
 
-def run_students(split: Split, trajectories: TeacherTrajectories, methods: Sequence[str], seeds: Sequence[int],
-                 train_config: TrainConfig, student_dim: int, method_configs: Mapping[str, Mapping],
-                 ensemble_top_n: int = 100, temperature: float = 10.0, store: Store | None = None
-                 ) -> StudentResults:
-    """Every (student variant, seed): fitted once and stored (metrics, history, DKC dynamics)."""
+def student_job(split: Split, teacher_runs: Sequence[TeacherTrajectory], label: str, seed: int,
+                train_config: TrainConfig, student_dim: int, method_configs: Mapping[str, Mapping],
+                ensemble_top_n: int = 100, temperature: float = 10.0, store: Store | None = None) -> jobs.FitJob:
+    """The job of one student: the undistilled MF student is a plain model job (shared with any chapter that
+    trains the same fit); a distilled one a ``hetcomp`` task job with the trajectory jobs as its inputs."""
+    spec, config, loss = _method_config(label, method_configs)
+    student_train = dataclasses.replace(train_config, loss=loss)
+    entry = jobs.split_entry(store or Store(), split)
+    labels = {"protocol": split.protocol, "base": "bpr", "method": label}
+    model = ModelConfig("bpr", student_dim)
+    if not spec:
+        return jobs.model_job(entry, split, model, student_train, seed, labels)
+    params = {"label": label, "spec": spec, "config": config, "ensemble": [ensemble_top_n, temperature]}
+    return jobs.FitJob(STUDENT_KIND, entry, split.dataset, model.to_dict(), student_train.to_dict(), seed,
+                       labels=labels, task="hetcomp", params=params, inputs=tuple(r.job for r in teacher_runs))
+
+
+def _run_student(job: jobs.FitJob, split: Split, trajectories: TeacherTrajectories) -> jobs.FitOutcome:
+    """One distilled student (in a worker): HetComp reads the trajectories, RRD and DCD the converged
+    teachers' ensemble; the DKC dynamics go to the ledger entry."""
+    spec, config = job.params["spec"], job.params["config"]
+    top_n, temperature = job.params["ensemble"]
+    teacher: Any = trajectories if spec == "hetcomp" else ensemble_outputs(trajectories, top_n, top_n, temperature,
+                                                                           split.num_items)
+    module = distill.build(spec, teacher, split, job.model["dim"], seed=job.seed, **{spec: config})
+    result = fit(job.model_config, split, job.train_config, distill=module, seed=job.seed)
+    summary = jobs.fit_summary(result, count_parameters(module))
+    summary["extra"] = {"dynamics": getattr(module, "dynamics", [])}
+    return jobs.FitOutcome(key=job.key, state={k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                           result=summary, history=result.history, config=result.config,
+                           threads=torch.get_num_threads(), device=str(resolve_device(job.train_config.device)))
+
+
+def _student_code(job: jobs.FitJob) -> str:
+    return code_digest(*TRAINING_CODE, MODELS["bpr"], distill.METHODS[job.params["spec"]], "distill/hetcomp.py",
+                       "distill/rrd.py", "distill/base.py")
+
+
+def _student_seconds(job: jobs.FitJob) -> float:
+    """Fallback: the method's epoch × expected epochs, HetComp's knowledge constructions every p epochs."""
+    cost, spec, epochs = jobs.EPOCH_SECONDS, job.params["spec"], jobs.expected_epochs(job.train)
+    if spec == "hetcomp":
+        period = job.params["config"].get("period", 10)
+        return cost["hetcomp"] * epochs + cost["knowledge_construction"] * -(-epochs // period)
+    return {"dcd": cost["dcd"], "rrd": cost["ensemble_rrd"]}.get(spec, cost["models"]) * epochs
+
+
+STUDENT_TASK = jobs.Task(code=_student_code, run=_run_student, seconds=_student_seconds,
+                         load_inputs=load_trajectories, build=lambda job, split: build(job.model_config, split))
+
+
+def run_students(split: Split, teacher_runs: Sequence[TeacherTrajectory], methods: Sequence[str],
+                 seeds: Sequence[int], train_config: TrainConfig, student_dim: int,
+                 method_configs: Mapping[str, Mapping], ensemble_top_n: int = 100, temperature: float = 10.0,
+                 store: Store | None = None) -> StudentResults:
+    """Every (student variant, seed) as a job (:func:`student_job`; the trajectories first): from the ledger,
+    or fitted through the executor. In planning mode the jobs are recorded and the results are empty."""
     store = store or Store()
-    outputs = ensemble_outputs(trajectories, ensemble_top_n, ensemble_top_n, temperature, split.num_items)
-    digest = trajectories_digest(trajectories)
+    cells = {(label, seed): student_job(split, teacher_runs, label, seed, train_config, student_dim, method_configs,
+                                        ensemble_top_n, temperature, store)
+             for label in methods for seed in seeds}
+    done = jobs.run_jobs(list(cells.values()), store=store)
     results, histories, dynamics, fits = [], [], [], []
-    for label in methods:
-        spec, config, loss = _method_config(label, method_configs)
-        student_train = dataclasses.replace(train_config, loss=loss)
-        code = code_digest(*TRAINING_CODE, MODELS["bpr"], *([distill.METHODS[spec]] if spec else []),
-                           "distill/hetcomp.py", "distill/rrd.py", "distill/base.py")
-        for seed in seeds:
-            described = {"split": split.key, "label": label, "spec": spec, "config": config, "dim": student_dim,
-                         "train": teachers.relevant_train(student_train), "seed": seed, "teachers": digest,
-                         "ensemble": [ensemble_top_n, temperature], "code": code}
-            name = f"{split.dataset}-{spec or 'none'}-{stable_hash(label, 6)}"
-
-            def build_files(spec=spec, config=config, student_train=student_train, seed=seed, described=described):
-                teacher = trajectories if spec == "hetcomp" else outputs
-                module = distill.build(spec, teacher, split, student_dim, seed=seed, **{spec: config}) if spec \
-                    else None
-                result = fit(ModelConfig("bpr", student_dim), split, student_train, distill=module, seed=seed)
-                files = {"history.json": result.history, "metrics.json": teachers.fit_metrics(result),
-                         "dynamics.json": getattr(module, "dynamics", [])}
-                return files, described
-
-            entry, loaded = store.get_or_build(STUDENT_KIND, name, stable_hash(described), build_files)
-            metrics, history = entry.json("metrics.json"), entry.json("history.json")
-            keys = {"dataset": split.dataset, "protocol": split.protocol, "base": "bpr", "method": label,
-                    "seed": seed}
-            results.append(long_results(metrics, **keys))
-            histories.append(history_frame(history, **keys))
-            dynamics.append(pd.DataFrame(entry.json("dynamics.json")).assign(method=label, seed=seed))
-            fits.append({"method": label, "seed": seed, "best_epoch": metrics["best_epoch"],
-                         "epochs_run": len(history), "seconds": metrics["seconds"], "loaded": loaded})
+    for (label, seed), job in cells.items():
+        finished = done[job.key]
+        entry = finished.entry
+        keys = {"dataset": split.dataset, "protocol": split.protocol, "base": "bpr", "method": label, "seed": seed}
+        results.append(long_results(entry["test"], **keys))
+        histories.append(history_frame(entry["history"], **keys))
+        dynamics.append(pd.DataFrame((entry.get("extra") or {}).get("dynamics", [])).assign(method=label, seed=seed))
+        fits.append({"method": label, "seed": seed, "best_epoch": entry["best_epoch"],
+                     "epochs_run": entry["epochs_run"], "seconds": entry["seconds"], "loaded": not finished.trained})
+    trained = sum(d.trained for d in done.values())
+    print(f"run_students: {len(cells)} fits, {len(cells) - trained} from the ledger, {trained} trained now",
+          flush=True)
     return StudentResults(pd.concat(results, ignore_index=True), pd.concat(histories, ignore_index=True),
                           pd.concat(dynamics, ignore_index=True), pd.DataFrame(fits))
 
@@ -276,5 +317,6 @@ def dynamics_plot(dynamics: pd.DataFrame, method: str = "HetComp", ax=None):
     return fig
 
 
-__all__ = ["STUDENT_VARIANTS", "StudentResults", "dynamics_plot", "dynamics_summary", "efficiency_table",
-           "ensemble_metrics", "gap_table", "ranking_metrics", "run_students", "teacher_results", "teacher_table"]
+__all__ = ["STUDENT_TASK", "STUDENT_VARIANTS", "StudentResults", "dynamics_plot", "dynamics_summary",
+           "efficiency_table", "ensemble_metrics", "gap_table", "ranking_metrics", "run_students", "student_job",
+           "teacher_results", "teacher_table"]

@@ -3,12 +3,15 @@ recorder, metrics of a precomputed ranking, the gap-closed table, and one stored
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from kdrepro import heterogeneous as het
+from kdrepro import jobs
 from kdrepro import trajectories as traj
 from kdrepro.evaluate import evaluate
 from kdrepro.models import ModelConfig, build
@@ -91,3 +94,56 @@ def test_trajectory_is_trained_once_and_holds_its_checkpoints(synthetic_splits, 
     assert not train & set(keys.ravel().tolist())
     trajectories = traj.as_teacher_trajectories([first, again])
     assert tuple(trajectories.rankings.shape) == (2, 3, split.num_users, 50)
+
+
+def _chapter_jobs(split, store):
+    """Two teacher trajectories and three students on them (smoke settings)."""
+    teacher_train = TrainConfig(epochs=4, eval_every=1, patience=0, progress=False, device="cpu", lr=0.01,
+                                weight_decay=0, batch_size=256)
+    student_train = TrainConfig(epochs=3, eval_every=1, patience=0, progress=False, device="cpu", batch_size=256)
+    configs = {"hetcomp": {"top_n": 30, "num_observed": 3, "num_rest": 10, "period": 1, "ndcg_k": 20},
+               "dcd": {"top_n": 30, "num_samples": 5}}
+    runs = traj.get_trajectories(["bpr", "cml"], {"bpr": 8, "cml": 8}, split, teacher_train, top_n=30,
+                                 fractions=[0.5], store=store)
+    students = het.run_students(split, runs, ["Student", "DCD", "HetComp"], [0], student_train, 4, configs, 30,
+                                store=store)
+    return runs, students, student_train, configs
+
+
+def test_chapter_07_jobs_are_planned_filled_once_and_read_from_the_ledger(synthetic_splits, tmp_path, monkeypatch):
+    split = synthetic_splits["holdout"]
+    store = Store(tmp_path / "store")
+    plan_file = tmp_path / "plan.jsonl"
+    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(plan_file))
+    runs, students, _, _ = _chapter_jobs(split, store)
+    recorded = [jobs.FitJob.from_dict(json.loads(line)) for line in plan_file.read_text().splitlines()]
+    assert [j.task for j in recorded] == ["trajectory", "trajectory", "", "hetcomp", "hetcomp"]
+    assert all(j.inputs == tuple(r.job for r in runs) for j in recorded if j.task == "hetcomp")
+    assert students.results.empty and not (tmp_path / "store" / traj.TRAJECTORY_KIND).exists()
+    rows = jobs.plan({"07": recorded})
+    assert {r["status"] for r in rows} == {"missing"} and all(r["est_seconds"] > 0 for r in rows)
+    monkeypatch.delenv(jobs.PLAN_FILE_ENV)
+
+    done = jobs.fill({"07": recorded}, store=store, log=lambda _: None)  # trajectories first, then students
+    assert len(done) == 5 and all(d.trained for d in done.values())
+    runs, students, _, _ = _chapter_jobs(split, store)
+    assert all(r.loaded for r in runs) and students.fits["loaded"].all()  # nothing trained again
+    assert set(students.results["method"]) == {"Student", "DCD", "HetComp"}
+    assert not students.dynamics[students.dynamics["method"] == "HetComp"].empty
+    assert runs[0].rankings.shape == (2, split.num_users, 30) and runs[0].epochs[-1] == runs[0].metrics["best_epoch"]
+    assert jobs.plan({"07": recorded})[0]["status"] == "done"
+
+
+def test_a_hetcomp_job_gives_the_same_numbers_on_the_local_executor(synthetic_splits, tmp_path):
+    split = synthetic_splits["holdout"]
+    store = Store(tmp_path / "store")
+    runs, students, student_train, configs = _chapter_jobs(split, store)
+    job = het.student_job(split, runs, "HetComp", 0, student_train, 4, configs, 30, store=store)
+    serial = jobs.Ledger().get(job)
+    elsewhere = Store(tmp_path / "local")  # empty: the trajectories are computed there first, then the student
+    jobs.split_entry(elsewhere, split)
+    local = jobs.run_jobs([job], store=elsewhere, ledger=jobs.Ledger(tmp_path / "results"),
+                          settings=jobs.ExecutorSettings(kind="local", workers=2, threads=1), log=lambda _: None)
+    assert local[job.key].trained and local[job.key].entry["test"] == serial["test"]
+    assert local[job.key].entry["extra"] == serial["extra"]
+    assert all(elsewhere.open(j.kind, j.name, j.key) is not None for j in job.inputs)
