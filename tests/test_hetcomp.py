@@ -19,7 +19,6 @@ from kdrepro.distill.hetcomp import (
     detailed_loss,
     ensemble_outputs,
     ensemble_topk,
-    listmle_loss,
     ndcg_distance,
     overall_loss,
     set_above_loss,
@@ -60,24 +59,36 @@ def test_construct_knowledge_moves_when_the_next_checkpoint_is_about_as_close():
     assert construct_knowledge(state, d_current, d_next, 1.05, last=3).tolist() == [[1, 0, 2, 3, 3]]
 
 
-def test_set_above_and_listmle_by_hand():
+def test_set_above_by_hand():
     top, rest = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, -1.0]])
     rest_mass = math.exp(0) + math.exp(-1)
     expected = -((1 - math.log(math.e + rest_mass)) + (2 - math.log(math.e**2 + rest_mass)))
     assert float(set_above_loss(top, rest)) == pytest.approx(expected)
-    ordered = torch.tensor([[2.0, 1.0, 0.0]])
-    expected = -((2 - math.log(math.e**2 + math.e + 1)) + (1 - math.log(math.e + 1)) + 0)
-    assert float(listmle_loss(ordered)) == pytest.approx(expected, rel=1e-6)
     assert float(overall_loss(top[:, :1], top[:, 1:], rest)) == pytest.approx(float(set_above_loss(top, rest)))
 
 
-def test_detailed_loss_is_observed_above_the_top_half_and_listmle_on_half_and_tenth():
+def _plackett_luce_by_hand(listed: list[float], below: list[float]) -> float:
+    """−Σ_k [ s_k − log( Σ_{i ≥ k} e^{s_i} + Σ_j e^{b_j} ) ], one position at a time."""
+    return -sum(listed[k] - math.log(sum(math.exp(x) for x in listed[k:]) + sum(math.exp(b) for b in below))
+                for k in range(len(listed)))
+
+
+def test_detailed_loss_ranks_each_list_above_everything_outside_it():
+    """The authors' rank_loss: PL(observed | top[K/2:] ∪ rest) + ½ [PL(top[:K/2] | top[K/2:] ∪ rest)
+    + PL(top[:K/10] | top[K/10:] ∪ rest)], computed position by position."""
     generator = torch.Generator().manual_seed(0)
-    observed, top = torch.randn(3, 4, generator=generator), torch.randn(3, 20, generator=generator)
-    expected = set_above_loss(observed, top[:, :10]) + listmle_loss(top[:, :10]) + listmle_loss(top[:, :2])
-    assert float(detailed_loss(observed, top)) == pytest.approx(float(expected), rel=1e-6)
-    # ListMLE is smallest when the scores follow the given order.
-    assert float(listmle_loss(torch.tensor([[3.0, 2.0, 1.0]]))) < float(listmle_loss(torch.tensor([[1.0, 2.0, 3.0]])))
+    observed, top = torch.randn(2, 3, generator=generator), torch.randn(2, 20, generator=generator)
+    rest = torch.randn(2, 5, generator=generator)
+    expected = 0.0
+    for o, t, r in zip(observed.tolist(), top.tolist(), rest.tolist(), strict=True):
+        expected += _plackett_luce_by_hand(o, t[10:] + r)
+        expected += 0.5 * (_plackett_luce_by_hand(t[:10], t[10:] + r) + _plackett_luce_by_hand(t[:2], t[2:] + r))
+    assert float(detailed_loss(observed, top, rest)) == pytest.approx(expected, rel=1e-6)
+    # The rest of the catalogue counts: a rest scored above the lists costs more than one scored below.
+    assert float(detailed_loss(observed, top, rest + 5)) > float(detailed_loss(observed, top, rest - 5))
+    # The lists cost least when the student scores them in the ensemble's order.
+    ordered = torch.sort(top, dim=1, descending=True).values
+    assert float(detailed_loss(observed, ordered, rest)) < float(detailed_loss(observed, ordered.flip(1), rest))
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +280,7 @@ def test_forward_is_the_phase_loss_of_each_distinct_user(split, trajectories):
     expected = 0.01 * overall_loss(model.score(first, observed[first]), model.score(first, method.ensemble[first]),
                                    model.score(first, rest[first]))
     expected = expected + 0.005 * detailed_loss(model.score(second, observed[second]),
-                                                model.score(second, method.ensemble[second]))
+                                                model.score(second, method.ensemble[second]),
+                                                model.score(second, rest[second]))
     assert len(first) and len(second)
     assert float(term.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
