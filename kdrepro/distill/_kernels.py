@@ -27,8 +27,6 @@ multiplies each entry's gradient by the entry's own weight, so every parameter's
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 ROW_MULTIPLE = 64  # bfloat16 products pad the rows to a multiple of this (see _DenseMixture.forward)
@@ -42,20 +40,6 @@ DENSE_FROM = {torch.float32: 0.5, torch.bfloat16: 0.2}
 # CPUs take ~100x longer per operation on subnormal operands (CiteULike, 1000-epoch schedule, epoch 140: a DE
 # epoch took 112 s before the kernels, 311 s with them, instead of ~15 s).
 NEGLIGIBLE_WEIGHT = 2.0**-64
-NEGLIGIBLE_LOG_RATIO = 64 * math.log(2.0)  # ln(1 / NEGLIGIBLE_WEIGHT)
-
-
-def softmax_without_subnormals(logits: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) over dim 1, with the entries below NEGLIGIBLE_WEIGHT × the row's largest set to exactly 0.
-
-    Those entries change no float32 value of the row (they are > 64 bits below its largest entry), but a plain
-    softmax returns them as subnormal numbers, and its backward multiplies by them: subnormal gradients reach
-    the selection network's weight gradient (a matrix product), where each operation costs ~100x on x86 (a real
-    DE fit on CiteULike: epoch 11 of a 100-epoch schedule took 78 CPU s instead of ~15). Here they are masked to
-    −inf before the softmax, so the value is exactly 0 and so is its gradient.
-    """
-    negligible = logits < logits.detach().amax(dim=1, keepdim=True) - NEGLIGIBLE_LOG_RATIO
-    return torch.softmax(logits.masked_fill(negligible, float("-inf")), dim=1)
 
 
 def bf16_supported(device: torch.device) -> bool:

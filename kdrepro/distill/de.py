@@ -36,14 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from kdrepro.distill._kernels import (
-    DENSE_FROM,
-    NEGLIGIBLE_WEIGHT,
-    bf16_supported,
-    dense_mixture,
-    softmax_without_subnormals,
-    sparse_mixture,
-)
+from kdrepro.distill._kernels import DENSE_FROM, NEGLIGIBLE_WEIGHT, bf16_supported, dense_mixture, sparse_mixture
 from kdrepro.distill.base import DistillLoss, check_choice, check_positive, gumbel_noise, uniform_init
 
 if TYPE_CHECKING:
@@ -87,12 +80,11 @@ def de_loss(teacher_repr: torch.Tensor, reconstruction: torch.Tensor) -> torch.T
 def expert_selection(alpha: torch.Tensor, tau: float, noise: torch.Tensor | None) -> torch.Tensor:
     """The selection weights s (n, M) from the selection network's α (n, M).
 
-    With Gumbel ``noise`` (n, M): softmax((log(α + 1e-10) + g) / τ); without: α itself (attention). The softmax
-    sets weights below 2^-64 × the largest to exactly 0 (no float32 value changes; no subnormal numbers).
+    With Gumbel ``noise`` (n, M): softmax((log(α + 1e-10) + g) / τ); without: α itself (attention).
     """
     if noise is None:
         return alpha
-    return softmax_without_subnormals((torch.log(alpha + 1e-10) + noise) / tau)
+    return torch.softmax((torch.log(alpha + 1e-10) + noise) / tau, dim=1)
 
 
 class ExpertBank(nn.Module):
@@ -168,7 +160,7 @@ class DE(DistillLoss):
 
     def alpha(self, entity: str, teacher_repr: torch.Tensor) -> torch.Tensor:
         """The selection network's distribution α^x (n, M) over experts."""
-        return softmax_without_subnormals(teacher_repr @ self.gate_weight[entity] + self.gate_bias[entity])
+        return torch.softmax(teacher_repr @ self.gate_weight[entity] + self.gate_bias[entity], dim=1)
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         super().on_epoch_start(epoch, generator)
