@@ -4,7 +4,7 @@
 - :class:`ConCFSetting` / :class:`ConCFRun` / :func:`run`: fits of SingleCF (one head) and ConCF variants
   (heads, with or without consensus learning), every head and the consensus evaluated on the test set at
   the target head's best validation epoch; long-form results and the per-generation validation log.
-  Each fit is a job of the task ``concf`` (:data:`CONCF_TASK`, :mod:`kdrepro.jobs`): it runs on the
+  Each fit is a job of the task ``concf`` (:mod:`kdrepro.concf_task`, :mod:`kdrepro.jobs`): it runs on the
   configured executor and its ledger entry holds everything the tables read (every head's and the
   consensus' test metrics, the validation log, the balancing weights, the target head's top-K test hits),
   so a complete ledger renders the chapter without weights; the inference timing loads them from the store.
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -27,19 +26,18 @@ from dataclasses import dataclass, field
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from kdrepro import jobs
 from kdrepro._io import stable_hash
+from kdrepro.concf_task import decode_hits
 from kdrepro.data import Interactions
-from kdrepro.distill.concf import ConCF, ConCFConfig, ConsensusScorer
+from kdrepro.distill.concf import ConCFConfig, ConsensusScorer
 from kdrepro.efficiency import count_parameters, time_recommend_all
-from kdrepro.evaluate import evaluate, rank_full
 from kdrepro.models.multihead import MultiHeadCF
 from kdrepro.splits import Split
-from kdrepro.store import TRAINING_CODE, Store, code_digest
-from kdrepro.train import TrainConfig, fit, resolve_device
+from kdrepro.store import Store
+from kdrepro.train import TrainConfig
 
 HEAD_LABELS = {"bpr": "BPR", "cml": "CML", "bce": "BCE", "mse": "MSE", "user_multinomial": "Multi (user)",
                "item_multinomial": "Multi (item)"}
@@ -121,17 +119,8 @@ class ConCFSetting:
 
 
 # --------------------------------------------------------------------------------------------------
-# The task: one ConCF / SingleCF fit as a job
+# Jobs (the task, the code behind the fits, is kdrepro.concf_task)
 # --------------------------------------------------------------------------------------------------
-
-
-def encode_hits(hits: np.ndarray) -> str:
-    """(n,) bool → base64 of its packed bits (a ledger field: one bit per test interaction)."""
-    return base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode()
-
-
-def decode_hits(text: str, length: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=length).astype(bool)
 
 
 def concf_job(setting: ConCFSetting, run: ConCFRun, seed: int, store: Store | None = None) -> jobs.FitJob:
@@ -147,59 +136,6 @@ def concf_job(setting: ConCFSetting, run: ConCFRun, seed: int, store: Store | No
     labels = {"protocol": setting.split.protocol, "base": f"mlp{setting.dim}", "method": run.label}
     return jobs.FitJob("concf", entry, setting.split.dataset, model, setting.train.to_dict(), seed, labels=labels,
                        task="concf", params=params)
-
-
-def _build(job: jobs.FitJob, split: Split) -> MultiHeadCF:
-    model = job.model
-    return MultiHeadCF(split.num_users, split.num_items, tuple(model["heads"]), dim=model["dim"],
-                       target=model["target"], dropout=model["dropout"])
-
-
-def _config(job: jobs.FitJob) -> ConCFConfig:
-    return ConCFConfig(**{**job.params["concf"], "heads": tuple(job.params["concf"]["heads"])})
-
-
-def _run_concf(job: jobs.FitJob, split: Split, _inputs: None) -> jobs.FitOutcome:
-    """One fit (in a worker): the model built after seeding, the ConCF module as ``fit``'s extension, then
-    every head (and the consensus) on the test set and the target head's top-K test hits."""
-    config = _config(job)
-    torch.manual_seed(job.seed)
-    model = _build(job, split)
-    module = ConCF(config, split)
-    result = fit(model, split, job.train_config, distill=module, seed=job.seed)
-    heads = {head: evaluate(model.head(head), split, "test") for head in config.heads}
-    if len(config.heads) > 1:
-        heads["consensus"] = evaluate(ConsensusScorer(model, split, "test", config.top_n, config.temperature),
-                                      split, "test")
-    hits = test_hits(model.head(config.target), split, job.params["hits_k"])
-    summary = jobs.fit_summary(result, 0)
-    summary["extra"] = {"heads": heads, "log": module.log, "weight_log": module.weight_log,
-                        "test_hits": encode_hits(hits), "num_test": len(hits)}
-    return jobs.FitOutcome(key=job.key, state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                           result=summary, history=result.history, config=result.config,
-                           threads=torch.get_num_threads(), device=str(resolve_device(job.train_config.device)))
-
-
-def _concf_code(job: jobs.FitJob) -> str:
-    return code_digest(*TRAINING_CODE, "models/multihead.py", "distill/concf.py", "distill/_concf_kernels.py",
-                       "concf_analysis.py")
-
-
-def _concf_seconds(job: jobs.FitJob) -> float:
-    """Fallback: SingleCF epochs; ConCF's warm-up and consensus-learning epochs and its generations (every
-    ``update_every`` epochs, kept without CL to log the heads), pro rata of six heads."""
-    cost, config, epochs = jobs.EPOCH_SECONDS, job.params["concf"], jobs.expected_epochs(job.train)
-    heads = len(config["heads"])
-    if heads == 1:
-        return cost["singlecf"] * epochs
-    share = heads / 6
-    warmup = epochs if not config["consensus_learning"] else min(epochs, config["warmup_epochs"])
-    generations = -(-epochs // config["update_every"])
-    return share * (cost["concf_warmup"] * warmup + cost["concf_cl"] * (epochs - warmup)
-                    + cost["concf_generation"] * generations)
-
-
-CONCF_TASK = jobs.Task(code=_concf_code, run=_run_concf, seconds=_concf_seconds, build=_build)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,17 +259,9 @@ def claim_list(heads: Sequence[str], target: str = "bpr") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_hits(model: torch.nn.Module, split: Split, k: int = 50) -> np.ndarray:
-    """(n_test,) bool: whether each test interaction (in ``split.test_*`` order) is in the model's top-``k``."""
-    tops = np.empty((split.num_users, k), dtype=np.int64)
-    model.eval()
-    for users, ranked in rank_full(model, split, "test", top_k=k):
-        tops[users] = ranked.cpu().numpy()
-    return (tops[split.test_users] == split.test_items[:, None]).any(axis=1)
-
-
 def complementarity(hits: Mapping[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Of the test interactions each model hits in its top-K (``{model: (n_test,) bool}``, :func:`test_hits`,
+    """Of the test interactions each model hits in its top-K (``{model: (n_test,) bool}``,
+    :func:`kdrepro.concf_task.test_hits`,
     kept by every fit's ledger entry as :attr:`ConCFFit.hits`): how many no other model hits.
 
     Returns (per model: hits, unique hits, unique share of its hits, share of all test interactions;

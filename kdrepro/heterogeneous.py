@@ -5,10 +5,9 @@ teachers and their trajectories are :mod:`kdrepro.trajectories`).
   ensemble has no model to score).
 - :func:`run_students` — the students (no KD, RRD and DCD on the ensemble, HetComp and its ablations)
   over seeds, each a job of :mod:`kdrepro.jobs` (the distilled ones of the task ``hetcomp``,
-  :data:`STUDENT_TASK`, whose inputs are the six trajectory jobs; the undistilled MF student a plain model
-  job): from the ledger, or fitted through the executor; long-form results, histories and HetComp's DKC
-  dynamics (kept in each ledger entry). The task's code digest covers the training loop, MF and the
-  methods' files, not this file's tables.
+  :mod:`kdrepro.hetcomp_task`, whose inputs are the six trajectory jobs; the undistilled MF student a plain
+  model job): from the ledger, or fitted through the executor; long-form results, histories and HetComp's
+  DKC dynamics (kept in each ledger entry).
 - :func:`teacher_results`, :func:`teacher_table`, :func:`efficiency_table`, :func:`gap_table`,
   :func:`dynamics_summary`, :func:`dynamics_plot` — the tables and figures of the chapter (plots take
   ``ax=None`` and return the figure).
@@ -20,30 +19,28 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from kdrepro import distill, jobs
-from kdrepro.distill.hetcomp import TeacherTrajectories, ensemble_outputs, ensemble_topk
+from kdrepro import jobs
+from kdrepro.distill.hetcomp import TeacherTrajectories, ensemble_topk
 from kdrepro.efficiency import count_parameters, time_recommend_all
 from kdrepro.evaluate import gather_rows
 from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
-from kdrepro.models import MODELS, ModelConfig, build
+from kdrepro.models import ModelConfig, build
 from kdrepro.report import history_frame, long_results
 from kdrepro.sampling import PairSet
 from kdrepro.splits import Split
-from kdrepro.store import TRAINING_CODE, Store, code_digest
-from kdrepro.train import TrainConfig, fit, resolve_device
+from kdrepro.store import Store
+from kdrepro.train import TrainConfig
 from kdrepro.trajectories import (
     MONITOR,
     TEACHER_LABELS,
     TEACHER_OBJECTIVES,
     TeacherTrajectory,
-    load_trajectories,
 )
 
 STUDENT_KIND = "hetcomp-students"
@@ -141,40 +138,6 @@ def student_job(split: Split, teacher_runs: Sequence[TeacherTrajectory], label: 
     params = {"label": label, "spec": spec, "config": config, "ensemble": [ensemble_top_n, temperature]}
     return jobs.FitJob(STUDENT_KIND, entry, split.dataset, model.to_dict(), student_train.to_dict(), seed,
                        labels=labels, task="hetcomp", params=params, inputs=tuple(r.job for r in teacher_runs))
-
-
-def _run_student(job: jobs.FitJob, split: Split, trajectories: TeacherTrajectories) -> jobs.FitOutcome:
-    """One distilled student (in a worker): HetComp reads the trajectories, RRD and DCD the converged
-    teachers' ensemble; the DKC dynamics go to the ledger entry."""
-    spec, config = job.params["spec"], job.params["config"]
-    top_n, temperature = job.params["ensemble"]
-    teacher: Any = trajectories if spec == "hetcomp" else ensemble_outputs(trajectories, top_n, top_n, temperature,
-                                                                           split.num_items)
-    module = distill.build(spec, teacher, split, job.model["dim"], seed=job.seed, **{spec: config})
-    result = fit(job.model_config, split, job.train_config, distill=module, seed=job.seed)
-    summary = jobs.fit_summary(result, count_parameters(module))
-    summary["extra"] = {"dynamics": getattr(module, "dynamics", [])}
-    return jobs.FitOutcome(key=job.key, state={k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-                           result=summary, history=result.history, config=result.config,
-                           threads=torch.get_num_threads(), device=str(resolve_device(job.train_config.device)))
-
-
-def _student_code(job: jobs.FitJob) -> str:
-    return code_digest(*TRAINING_CODE, MODELS["bpr"], distill.METHODS[job.params["spec"]], "distill/hetcomp.py",
-                       "distill/rrd.py", "distill/base.py")
-
-
-def _student_seconds(job: jobs.FitJob) -> float:
-    """Fallback: the method's epoch × expected epochs, HetComp's knowledge constructions every p epochs."""
-    cost, spec, epochs = jobs.EPOCH_SECONDS, job.params["spec"], jobs.expected_epochs(job.train)
-    if spec == "hetcomp":
-        period = job.params["config"].get("period", 10)
-        return cost["hetcomp"] * epochs + cost["knowledge_construction"] * -(-epochs // period)
-    return {"dcd": cost["dcd"], "rrd": cost["ensemble_rrd"]}.get(spec, cost["models"]) * epochs
-
-
-STUDENT_TASK = jobs.Task(code=_student_code, run=_run_student, seconds=_student_seconds,
-                         load_inputs=load_trajectories, build=lambda job, split: build(job.model_config, split))
 
 
 def run_students(split: Split, teacher_runs: Sequence[TeacherTrajectory], methods: Sequence[str],
@@ -317,6 +280,6 @@ def dynamics_plot(dynamics: pd.DataFrame, method: str = "HetComp", ax=None):
     return fig
 
 
-__all__ = ["STUDENT_TASK", "STUDENT_VARIANTS", "StudentResults", "dynamics_plot", "dynamics_summary",
+__all__ = ["STUDENT_VARIANTS", "StudentResults", "dynamics_plot", "dynamics_summary",
            "efficiency_table", "ensemble_metrics", "gap_table", "ranking_metrics", "run_students", "student_job",
            "teacher_results", "teacher_table"]

@@ -210,8 +210,8 @@ class Executor:
 MODEL_KIND, STUDENT_KIND, MODULE_KIND = teachers.MODEL_KIND, "students", "kd_modules"
 # Registered tasks: name -> "module:attribute" of their Task, resolved when first used (in the driver and in
 # every worker), so that this layer names the chapters' fits without importing them.
-TASKS = {"concf": "kdrepro.concf_analysis:CONCF_TASK", "trajectory": "kdrepro.trajectories:TRAJECTORY_TASK",
-         "hetcomp": "kdrepro.heterogeneous:STUDENT_TASK"}
+TASKS = {"concf": "kdrepro.concf_task:CONCF_TASK", "trajectory": "kdrepro.trajectories:TRAJECTORY_TASK",
+         "hetcomp": "kdrepro.hetcomp_task:STUDENT_TASK"}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdrepro import concf_analysis, data, jobs, splits
+from kdrepro import concf_analysis, concf_task, data, jobs, splits
 from kdrepro.distill._concf_kernels import (
     consensus_top_n,
     distinct,
@@ -248,7 +248,7 @@ def test_concf_jobs_fill_the_ledger_and_render_from_it(split, tmp_path):
     assert set(again.results["method"]) >= {"SingleCF bpr", "ConCF bpr", "ConCF cml", "ConCF consensus"}
     assert set(again.log["model"]) >= {"bpr", "cml", "consensus"}
     single = again.fit_of("SingleCF bpr")
-    hits = concf_analysis.test_hits(single.model.head("bpr"), split, 10)  # weights loaded lazily from the store
+    hits = concf_task.test_hits(single.model.head("bpr"), split, 10)  # weights loaded lazily from the store
     assert np.array_equal(single.hits, hits)
     concf = again.fit_of("ConCF")
     assert evaluate(concf.model.head("bpr"), split, "test") == pytest.approx(concf.entry["extra"]["heads"]["bpr"])
