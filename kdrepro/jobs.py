@@ -54,6 +54,7 @@ from kdrepro import teachers
 from kdrepro._io import stable_hash, write_json
 from kdrepro.distill import build as build_method
 from kdrepro.distill import make_config
+from kdrepro.distill.hetcomp import TeacherTrajectories
 from kdrepro.efficiency import count_parameters
 from kdrepro.evaluate import evaluate
 from kdrepro.models import ModelConfig
@@ -187,10 +188,10 @@ class Executor:
             ray.init(address=self.settings.ray_address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
         task = ray.remote(num_cpus=self.settings.threads, num_gpus=self.settings.gpus_per_fit)(_in_worker)
-        shared: dict[int, Any] = {}  # large inputs (a split, teacher outputs) go to the object store once
+        shared: dict[int, Any] = {}  # large inputs (a split, teacher outputs, trajectories) go to the object store once
 
         def put(value: Any) -> Any:
-            if isinstance(value, Split | TeacherOutputs):
+            if isinstance(value, Split | TeacherOutputs | TeacherTrajectories):
                 if id(value) not in shared:
                     shared[id(value)] = ray.put(value)
                 return shared[id(value)]
