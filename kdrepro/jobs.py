@@ -812,7 +812,7 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[float]]) -> tuple
 
 def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None = None) -> list[dict]:
     """One row per (chapter, fit): ``status`` done | missing | stale (recorded under another code digest:
-    never used) and the estimated seconds of the fits to compute (teachers a distilled fit needs included)."""
+    never used) and the estimated seconds of the fits to compute (the teachers and task inputs they need included)."""
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
     timings: dict[tuple, list[float]] = {}
@@ -824,7 +824,7 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
         stale_configs.add(entry.get("config_key", ""))
     rows = []
     for chapter, jobs in jobs_by_chapter.items():
-        wanted = list({j.key: j for j in [*(j.teacher for j in jobs if j.teacher is not None), *jobs]}.values())
+        wanted = list({j.key: j for j in [*(d for j in jobs for d in j.requires), *jobs]}.values())
         for job in wanted:
             if ledger.get(job) is not None:
                 status = "done"

@@ -122,6 +122,8 @@ def test_chapter_07_jobs_are_planned_filled_once_and_read_from_the_ledger(synthe
     assert students.results.empty and not (tmp_path / "store" / traj.TRAJECTORY_KIND).exists()
     rows = jobs.plan({"07": recorded})
     assert {r["status"] for r in rows} == {"missing"} and all(r["est_seconds"] > 0 for r in rows)
+    students_only = jobs.plan({"07": [j for j in recorded if j.task == "hetcomp"]})
+    assert [r["kind"] for r in students_only] == [traj.TRAJECTORY_KIND] * 2 + [het.STUDENT_KIND] * 2  # inputs too
     monkeypatch.delenv(jobs.PLAN_FILE_ENV)
 
     done = jobs.fill({"07": recorded}, store=store, log=lambda _: None)  # trajectories first, then students
