@@ -197,7 +197,7 @@ def teacher_table(runs: Sequence[TeacherTrajectory], split: Split) -> pd.DataFra
             "objective": TEACHER_OBJECTIVES[run.kind], "parameters_millions": count_parameters(model) / 1e6,
             "checkpoint_epochs": " / ".join(str(e) for e in run.epochs),
             "checkpoint_valid_recall50": " / ".join(f"{valid[e]:.4f}" for e in run.epochs),
-            "epochs_run": len(run.history), "train_minutes": run.metrics["seconds"] / 60,
+            "epochs_run": run.metrics["epochs_run"], "train_minutes": run.metrics["seconds"] / 60,
             **{f"test {k}": v for k, v in run.metrics["test"].items()},
         })
     return pd.DataFrame(rows)

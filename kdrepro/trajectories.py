@@ -98,7 +98,7 @@ class TeacherTrajectory:
     kind: str
     dim: int
     epochs: list[int]  # the checkpoints' epochs, v = 0 … V−1
-    metrics: dict  # test / valid / best_epoch / seconds of the fit
+    metrics: dict  # test / valid / best_epoch / seconds / epochs_run of the fit
     history: list[dict]  # at validation epochs (the ledger's)
     loaded: bool  # from the ledger (not trained by this call)
     job: jobs.FitJob = field(repr=False)
@@ -187,7 +187,8 @@ def _trajectory(job: jobs.FitJob, done: jobs.Done, store: Store) -> TeacherTraje
     entry = done.entry
     return TeacherTrajectory(kind=job.model["name"], dim=job.model["dim"],
                              epochs=list((entry.get("extra") or {}).get("checkpoint_epochs", [])),
-                             metrics={k: entry.get(k) for k in ("test", "valid", "best_epoch", "seconds")},
+                             metrics={k: entry.get(k) for k in ("test", "valid", "best_epoch", "seconds",
+                                                                "epochs_run")},
                              history=entry.get("history", []), loaded=not done.trained, job=job, store=store)
 
 

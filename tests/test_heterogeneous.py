@@ -98,7 +98,7 @@ def test_trajectory_is_trained_once_and_holds_its_checkpoints(synthetic_splits, 
 
 def _chapter_jobs(split, store):
     """Two teacher trajectories and three students on them (smoke settings)."""
-    teacher_train = TrainConfig(epochs=4, eval_every=1, patience=0, progress=False, device="cpu", lr=0.01,
+    teacher_train = TrainConfig(epochs=4, eval_every=2, patience=0, progress=False, device="cpu", lr=0.01,
                                 weight_decay=0, batch_size=256)
     student_train = TrainConfig(epochs=3, eval_every=1, patience=0, progress=False, device="cpu", batch_size=256)
     configs = {"hetcomp": {"top_n": 30, "num_observed": 3, "num_rest": 10, "period": 1, "ndcg_k": 20},
@@ -133,6 +133,7 @@ def test_chapter_07_jobs_are_planned_filled_once_and_read_from_the_ledger(synthe
     assert set(students.results["method"]) == {"Student", "DCD", "HetComp"}
     assert not students.dynamics[students.dynamics["method"] == "HetComp"].empty
     assert runs[0].rankings.shape == (2, split.num_users, 30) and runs[0].epochs[-1] == runs[0].metrics["best_epoch"]
+    assert het.teacher_table(runs, split)["epochs_run"].tolist() == [4, 4]  # epochs, not validations
     assert jobs.plan({"07": recorded})[0]["status"] == "done"
 
 
