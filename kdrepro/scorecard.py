@@ -92,8 +92,8 @@ def load_reports(reports_dir: str | Path, exclude: tuple[str, ...] = ("08_scorec
 def _verdict_tables(metrics: dict) -> dict[str, dict[str, dict[str, int] | None]]:
     """``{table: {kind: counts or None}}`` of one chapter (older flat cell counts under table "")."""
     verdicts = metrics.get("verdicts")
-    if not isinstance(verdicts, dict):
-        return {}
+    if not isinstance(verdicts, dict):  # a report from before any verdict was recorded: listed, nothing counted
+        return {"": dict.fromkeys(KINDS)}
     if "tables" in verdicts:
         return {table: {kind: counts.get(kind) for kind in KINDS} for table, counts in verdicts["tables"].items()}
     if set(verdicts) & set(LEVELS):  # older reports: a count per cell verdict

@@ -103,3 +103,11 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path):
 def test_missing_reports_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the chapters first"):
         scorecard.load_reports(tmp_path / "nowhere")
+
+
+def test_a_report_without_any_verdict_is_listed_with_nothing_counted(tmp_path):
+    write_chapter(tmp_path, "05_ir", {"results": []}, profile="quick")
+    card = scorecard.scorecard(scorecard.load_reports(tmp_path)).set_index("chapter")
+    assert list(card.index) == ["05_ir"] and card.loc["05_ir", ["cells_not", "gains_not", "claims_not"]].isna().all()
+    assert "| 05_ir | – | quick | not recorded | not recorded | not recorded |" in scorecard.readme_table(
+        scorecard.scorecard(scorecard.load_reports(tmp_path)))

@@ -175,8 +175,8 @@ def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
         "commit": str(git.get("sha", "unknown"))[:10],
         "dirty": "with uncommitted changes" if git.get("dirty") else "clean tree",
         "device": str(device.get("used") or device.get("requested") or "?"),
-        "dataset": str(dataset.get("name")),
-        "dataset_sha": str(dataset.get("sha256"))[:12],
+        "data": (f'<code>{dataset["name"]}</code> sha256 <code>{str(dataset.get("sha256"))[:12]}</code>'
+                 if dataset.get("name") else "none: this chapter trains nothing"),
         "seeds": _value(manifest.get("parameters", {}).get("SEEDS", "–")),
         "peak": f"{manifest.get('peak_memory_mib', 0) or 0:.0f} MiB",
     }
@@ -241,7 +241,7 @@ def card_html(
  · status <b class="s-{run["status"]}">{run["status"]}</b> · {run["started"]}
  · {run["duration"]} · peak memory {run["peak"]} · device {run["device"]}</td></tr>
 <tr><th scope="row">Code</th><td>git <code>{run["commit"]}</code> ({run["dirty"]})</td></tr>
-<tr><th scope="row">Data</th><td><code>{run["dataset"]}</code> sha256 <code>{run["dataset_sha"]}</code> · seeds
+<tr><th scope="row">Data</th><td>{run["data"]} · seeds
  <code>{run["seeds"]}</code></td></tr>
 <tr><th scope="row">Overrides</th><td><ul class="overrides">{override_html}</ul></td></tr>
 <tr><th scope="row">Cells vs paper</th><td>{_counts_html(counts["cells"])}</td></tr>
