@@ -1,12 +1,14 @@
-"""Small file helpers shared by the caches: atomic writes and content hashes."""
+"""Small helpers shared by the caches and the runner: atomic writes, content hashes, package versions."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,14 @@ def cache_root() -> Path:
     """Where downloads, splits and teachers are cached (``KDREPRO_CACHE_DIR`` or ~/.cache/kdrepro)."""
     root = os.environ.get("KDREPRO_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "kdrepro"
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Python's version and each named distribution's ("not installed" when absent)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

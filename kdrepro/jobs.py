@@ -30,13 +30,11 @@ import functools
 import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ except ImportError:  # pragma: no cover - the serial and local executors work wi
     ray = None
 
 from kdrepro import teachers
-from kdrepro._io import stable_hash, write_json
+from kdrepro._io import package_versions, stable_hash, write_json
 from kdrepro.distill import build as build_method
 from kdrepro.distill import make_config
 from kdrepro.distill.hetcomp import TeacherTrajectories
@@ -494,16 +492,6 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def _round(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
@@ -521,7 +509,7 @@ class Ledger:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_ledger_root()
         self._git = _git_sha()
-        self._versions = _versions()
+        self._versions = package_versions(VERSIONED_PACKAGES)
 
     def path(self, job: FitJob) -> Path:
         return self.root / job.dataset / job.kind / f"{job.name}-{job.key}.json"

@@ -9,14 +9,13 @@ import os
 import platform
 import subprocess
 import threading
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
-from kdrepro import data
+from kdrepro import _io, data
 from kdrepro.store import code_digest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +61,7 @@ def git_info(root: Path = ROOT) -> dict:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return _io.package_versions(PACKAGES)
 
 
 def code_hash() -> str:
