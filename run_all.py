@@ -105,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--fill", action="store_true",
                      help="compute the missing fits of the selected chapters through the executor; render nothing "
                           "(resumable: rerun after a kill)")
+    cli.add_argument("--match", metavar="REGEX", default=None,
+                     help="with --plan/--fill: only the fits whose plan line (\"students bpr DE lambda_de=0.1 seed "
+                          "0\") matches, e.g. '^\\w+ bpr [\\w-]+ seed' for the BPR main-table rows; the teachers "
+                          "they need come with them")
     cli.add_argument("--executor", choices=jobs.EXECUTORS, default=None,
                      help="where fits run: serial | local (worker processes) | ray (default: $KDREPRO_EXECUTOR "
                           "or serial)")
@@ -129,13 +133,15 @@ def use_executor(args: argparse.Namespace) -> jobs.ExecutorSettings:
 
 def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.ExecutorSettings) -> int:
     """--plan / --fill: enumerate the chapters' fits (each notebook run in planning mode), then list what the
-    ledger lacks, or compute it."""
+    ledger lacks, or compute it (only the fits matching --match, when given)."""
+    jobs.select_jobs({}, args.match)  # a bad pattern fails here, before any notebook runs
     stems = select(discover(notebooks_dir), args.only)
     with tempfile.TemporaryDirectory(prefix="kdrepro-plan-") as workdir:
         resolved = plan(stems, notebooks_dir, Path(workdir) / "reports", args.profile, args.param)
         chapters = [(job.stem, job.path, job.parameters) for job in resolved]
         found = jobs.collect_jobs(chapters, kernel=args.kernel, workdir=workdir,
                                   timeout=args.timeout or jobs.PLAN_CELL_TIMEOUT)
+    found = jobs.select_jobs(found, args.match)
     if args.fill:
         jobs.fill(found, settings=settings)
     print(jobs.format_plan(jobs.plan(found), settings.pool_size if settings.kind == "local" else 1))

@@ -30,6 +30,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -760,8 +761,11 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
             except papermill.PapermillExecutionError:
                 pass  # sections that need weights fail while planning; their jobs are recorded all the same
             lines = [line for line in plan_file.read_text().splitlines() if line.strip()]
-            jobs = list({job.key: job for job in (FitJob.from_dict(json.loads(line)) for line in lines)}.values())
-            found[stem] = jobs
+            jobs: dict[str, FitJob] = {}
+            for line in lines:  # a fit shared by sections keeps the label of the first (the main table's)
+                job = FitJob.from_dict(json.loads(line))
+                jobs.setdefault(job.key, job)
+            found[stem] = list(jobs.values())
             log(f"{stem}: {len(jobs)} fits enumerated in {time.time() - started:.0f} s")
     finally:
         if previous is None:
@@ -769,6 +773,23 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
         else:
             os.environ[PLAN_FILE_ENV] = previous
     return found
+
+
+def job_text(job: FitJob) -> str:
+    """How ``--plan`` names a fit, and what ``--match`` searches: ``"students bpr DE lambda_de=0.1 seed 0"``."""
+    return f"{job.kind} {job.label or job.name} seed {job.seed}"
+
+
+def select_jobs(jobs_by_chapter: Mapping[str, Sequence[FitJob]], pattern: str | None) -> dict[str, list[FitJob]]:
+    """The fits whose :func:`job_text` matches the regular expression ``pattern`` (all of them for None); the
+    teachers and inputs a kept fit needs are computed with it all the same."""
+    if pattern is None:
+        return {chapter: list(jobs) for chapter, jobs in jobs_by_chapter.items()}
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--match {pattern!r} is not a regular expression: {exc}") from None
+    return {chapter: [job for job in jobs if compiled.search(job_text(job))] for chapter, jobs in jobs_by_chapter.items()}
 
 
 def expected_epochs(train: Mapping[str, Any]) -> int:

@@ -122,6 +122,19 @@ def test_plan_lists_missing_and_stale_fits(synthetic_splits, tmp_path):
     assert "ch: 6 fits, 1 done, 4 missing, 1 stale" in text
 
 
+def test_match_keeps_the_fits_whose_plan_line_matches_and_their_teachers_stay_required(synthetic_splits, tmp_path):
+    work = _jobs(synthetic_splits["loo_sampled"], tmp_path / "store")
+    texts = [jobs.job_text(j) for j in work]
+    assert "students bpr RRD seed 1" in texts and "models bpr Student seed 0" in texts
+    kept = jobs.select_jobs({"ch": work}, r"^students bpr RRD seed 1$")["ch"]
+    assert [jobs.job_text(j) for j in kept] == ["students bpr RRD seed 1"]
+    rows = jobs.plan({"ch": kept}, Ledger(tmp_path / "results"))
+    assert {r["fit"] for r in rows} == {"bpr RRD", "bpr Teacher"}  # its teacher is planned with it
+    assert jobs.select_jobs({"ch": work}, None)["ch"] == work
+    with pytest.raises(ValueError, match="--match '\\(' is not a regular expression"):
+        jobs.select_jobs({}, "(")
+
+
 FILL_SCRIPT = """
 import sys, json
 from pathlib import Path

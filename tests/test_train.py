@@ -40,6 +40,16 @@ def test_history_is_flat_and_the_best_validation_state_is_restored(synthetic_spl
     assert evaluate(result.model, split, "valid")["Recall@50"] == pytest.approx(best["valid/Recall@50"])
 
 
+def test_fit_flushes_subnormal_floats_to_zero(synthetic_splits):
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([2e-38]) * torch.tensor([0.01])  # 2e-40: subnormal in float32
+    if tiny.item() == 0.0 or not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    fit(ModelConfig("bpr", 8), synthetic_splits["loo_full"], TrainConfig(**{**FAST, "epochs": 1}))
+    assert (torch.tensor([2e-38]) * torch.tensor([0.01])).item() == 0.0
+    assert (torch.tensor([2e-37]) * torch.tensor([0.1])).item() == pytest.approx(2e-38)  # normal floats unchanged
+
+
 def test_early_stopping_counts_validations(synthetic_splits):
     split = synthetic_splits["loo_full"]
     result = fit(ModelConfig("bpr", 16), split, TrainConfig(epochs=200, eval_every=1, patience=2, lr=0.5,
