@@ -789,7 +789,8 @@ def select_jobs(jobs_by_chapter: Mapping[str, Sequence[FitJob]], pattern: str | 
         compiled = re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"--match {pattern!r} is not a regular expression: {exc}") from None
-    return {chapter: [job for job in jobs if compiled.search(job_text(job))] for chapter, jobs in jobs_by_chapter.items()}
+    return {chapter: [job for job in jobs if compiled.search(job_text(job))]
+            for chapter, jobs in jobs_by_chapter.items()}
 
 
 def expected_epochs(train: Mapping[str, Any]) -> int:
