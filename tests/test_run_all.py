@@ -262,6 +262,32 @@ def test_manifest_page_and_progress(books, tmp_path):
     assert all("\r" not in o.text for o in streams)
 
 
+def test_a_narrowed_run_says_what_the_whole_profile_still_lacks(books, tmp_path, monkeypatch):
+    planned = {}
+
+    def collect(chapters, **_):
+        stem, _, parameters = chapters[0]
+        planned.update(parameters)
+        return {stem: ["enumerated"]}
+
+    rows = [{"key": "a", "status": "missing", "est_seconds": 5400.0, "estimate": "fallback"},
+            {"key": "a", "status": "missing", "est_seconds": 5400.0, "estimate": "fallback"},  # shared by sections
+            {"key": "b", "status": "done", "est_seconds": 0.0, "estimate": ""}]
+    monkeypatch.setattr(execute.fit_jobs, "collect_jobs", collect)
+    monkeypatch.setattr(execute.fit_jobs, "plan", lambda found: rows)
+    reports = tmp_path / "reports"
+    [manifest] = run(books, reports, ["00_ok"], profile="quick", params=["X=5"])
+    assert manifest["remaining"] == {"fits": 1, "thread_hours": 1.5, "estimate": "fallback",
+                                     "command": "python run_all.py --profile quick --only 00_ok --plan"}
+    assert planned["X"] == 3, "the whole profile is planned, without the command-line overrides"
+    for page in (reports / "00_ok.html", reports / "index.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "1 fits of the whole profile" in text and "≈ 1.5 thread-hours" in text, page.name
+    [again] = run(books, reports, ["00_ok"], profile="quick", force=True)
+    assert again["remaining"] is None
+    assert "Not yet computed" not in (reports / "00_ok.html").read_text(encoding="utf-8")
+
+
 def test_published_files_are_world_readable(books, tmp_path):
     reports = tmp_path / "reports"
     run(books, reports, ["00_ok"], profile="smoke")

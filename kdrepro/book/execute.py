@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -42,6 +43,7 @@ import nbformat
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+from kdrepro import jobs as fit_jobs
 from kdrepro import profiles
 from kdrepro._io import write_json
 from kdrepro.book import glance, index, provenance, render
@@ -368,6 +370,29 @@ class Context:
     log: Log
 
 
+def remaining_fits(job: Job, ctx: Context) -> dict[str, Any] | None:
+    """What the chapter's profile without this run's ``-p`` overrides still lacks in the results ledger.
+
+    A run that narrows a profile (e.g. ``-p MODELS=['bpr']`` while a campaign is under way) shows what it
+    left out: the fits of the whole profile missing from the ledger and their ``--plan`` cost. ``None``
+    when nothing was overridden on the command line (the run itself computed everything it needed).
+    """
+    if not job.overrides.get("cli"):
+        return None
+    command = f"python run_all.py --profile {ctx.profile} --only {job.stem} --plan"
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdrepro-remaining-") as workdir:
+            whole = plan([job.stem], job.path.parent, Path(workdir) / "reports", ctx.profile)[0]
+            found = fit_jobs.collect_jobs([(whole.stem, whole.path, whole.parameters)], kernel=ctx.kernel,
+                                          workdir=workdir, log=ctx.log)
+        todo = {row["key"]: row for row in fit_jobs.plan(found) if row["status"] != "done"}
+    except Exception as exc:  # noqa: BLE001 - the page is still worth publishing; it says the count failed
+        return {"error": error_text(exc), "command": command}
+    seconds = sum(row["est_seconds"] for row in todo.values())
+    return {"fits": len(todo), "thread_hours": round(seconds / 3600, 2),
+            "estimate": "/".join(sorted({row["estimate"] for row in todo.values()})), "command": command}
+
+
 def execute(job: Job, ctx: Context) -> dict:
     """Run one notebook (or skip it when unchanged) and return its manifest."""
     folder = ctx.reports_dir / job.stem
@@ -449,6 +474,8 @@ def execute(job: Job, ctx: Context) -> dict:
             "headline": (metrics or {}).get("headline", {}),
         }
     )
+    if error is None:
+        manifest["remaining"] = remaining_fits(job, ctx)
     used = (config.get("environment") or {}).get("device")
     if used:
         manifest["device"]["used"] = used

@@ -182,6 +182,24 @@ def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def remaining_text(remaining: Mapping[str, Any] | None) -> str | None:
+    """One line on what the profile without the command-line overrides still lacks (None: nothing narrowed)."""
+    if not remaining:
+        return None
+    if remaining.get("error"):
+        return f"could not be counted ({remaining['error']}); run {remaining['command']}"
+    if not remaining["fits"]:
+        return "nothing: the results ledger holds every fit of the whole profile"
+    return (f"{remaining['fits']} fits of the whole profile (without the command-line overrides) are not in "
+            f"the results ledger yet: ≈ {remaining['thread_hours']:.1f} thread-hours "
+            f"({remaining['estimate']} timings; {remaining['command']})")
+
+
+def _remaining_html(remaining: Mapping[str, Any] | None) -> str:
+    text = remaining_text(remaining)
+    return "" if text is None else f"<tr><th scope='row'>Not yet computed</th><td>{html.escape(text)}</td></tr>\n"
+
+
 def card_html(
     manifest: Mapping[str, Any],
     metrics: Mapping[str, Any],
@@ -244,6 +262,7 @@ def card_html(
 <tr><th scope="row">Data</th><td>{run["data"]} · seeds
  <code>{run["seeds"]}</code></td></tr>
 <tr><th scope="row">Overrides</th><td><ul class="overrides">{override_html}</ul></td></tr>
+{_remaining_html(manifest.get("remaining"))}
 <tr><th scope="row">Cells vs paper</th><td>{_counts_html(counts["cells"])}</td></tr>
 <tr><th scope="row">Gains over the student</th><td>{_counts_html(counts["gains"])}</td></tr>
 <tr><th scope="row">Claims</th><td>{_counts_html(counts["claims"])}</td></tr>

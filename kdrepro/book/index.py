@@ -48,6 +48,7 @@ def chapter_row(reports_dir: Path, stem: str, title: str | None = None) -> dict:
         "error": (manifest.get("error") or "").splitlines()[0][:400] if manifest.get("error") else "",
         "verdicts": glance.verdict_counts(metrics) if manifest else {},
         "misses": misses,
+        "remaining": glance.remaining_text(manifest.get("remaining")),
         "headline": [
             (k, _headline(v)) for k, v in (manifest.get("headline") or {}).items() if not k.startswith("verdicts")
         ],
