@@ -71,15 +71,28 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error}); rerun its chapter") from error
 
 
+def _chapter_folders(root: Path, exclude: tuple[str, ...]) -> list[Path]:
+    """The chapter folders (``NN_name/`` with a ``metrics.json``) of ``root``, in chapter order."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and _STEM.match(p.name))
+    return [f for f in folders if f.name not in exclude and (f / "metrics.json").is_file()]
+
+
+def report_files(reports_dir: str | Path, exclude: tuple[str, ...] = ("08_scorecard",)) -> list[Path]:
+    """Every file :func:`load_reports` reads (the runner hashes them: the scorecard reruns when one changes)."""
+    root = Path(reports_dir)
+    if not root.is_dir():
+        return []
+    names = ("metrics.json", "manifest.json", "tables/fits.csv")
+    return [f / n for f in _chapter_folders(root, exclude) for n in names if (f / n).is_file()]
+
+
 def load_reports(reports_dir: str | Path, exclude: tuple[str, ...] = ("08_scorecard",)) -> list[ChapterReport]:
     """Every chapter folder (``NN_name/`` with a ``metrics.json``) of ``reports_dir``, in chapter order."""
     root = Path(reports_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no reports folder {root.resolve()}; run the chapters first (run_all.py)")
     chapters = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and _STEM.match(p.name)):
-        if folder.name in exclude or not (folder / "metrics.json").is_file():
-            continue
+    for folder in _chapter_folders(root, exclude):
         fits_path = folder / "tables" / "fits.csv"
         chapters.append(ChapterReport(
             stem=folder.name, folder=folder, metrics=_read_json(folder / "metrics.json"),

@@ -317,6 +317,21 @@ def test_unchanged_notebooks_are_skipped_until_something_changes(books, tmp_path
     assert not edited.get("skipped_in_last_run")
 
 
+def test_a_notebook_reading_the_reports_reruns_when_a_report_changes(books, tmp_path, monkeypatch):
+    monkeypatch.setattr(execute.provenance, "code_hash", lambda: "fixed")
+    reads = PARAMS + '\nREPORTS_DIR = "../reports"  # the published chapter reports read'
+    write_notebook(books, "08_card", SAVE, params=reads)
+    reports = tmp_path / "reports"
+    run(books, reports, ["00_ok"], profile="smoke")
+    first = run(books, reports, ["08_card"], profile="smoke")[0]
+    assert first["inputs"]["reports_read"].keys() == {"00_ok/metrics.json", "00_ok/manifest.json"}
+    assert run(books, reports, ["08_card"], profile="smoke")[0].get("skipped_in_last_run")
+    run(books, reports, ["00_ok"], profile="smoke", params=["X=5"])  # another chapter's report changes
+    again = run(books, reports, ["08_card"], profile="smoke")[0]
+    assert not again.get("skipped_in_last_run") and again["input_hash"] != first["input_hash"]
+    assert "reports_read" not in run(books, reports, ["00_ok"], profile="smoke")[0]["inputs"]
+
+
 def test_failed_notebooks_are_never_skipped(books, tmp_path):
     reports = tmp_path / "reports"
     assert run(books, reports, ["01_fails"], profile="smoke")[0]["status"] == "failed"

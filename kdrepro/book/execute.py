@@ -44,7 +44,7 @@ import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from kdrepro import jobs as fit_jobs
-from kdrepro import profiles
+from kdrepro import profiles, scorecard
 from kdrepro._io import write_json
 from kdrepro.book import glance, index, provenance, render
 from kdrepro.book.params import (
@@ -323,6 +323,18 @@ def absolute_path_variables() -> None:
             os.environ[name] = os.path.abspath(os.environ[name])
 
 
+def reports_read(job: Job) -> dict[str, str] | None:
+    """sha256 of every published report file a notebook reads, by path under its ``REPORTS_DIR``; None for a
+    notebook that declares no ``REPORTS_DIR`` (reads no report). The scorecard (chapter 08) declares it and
+    reads the other chapters' reports through :func:`kdrepro.scorecard.load_reports`; resolved like the
+    kernel does, relative to the notebook's folder."""
+    if "REPORTS_DIR" not in job.parameters:
+        return None
+    root = (job.path.parent / str(job.parameters["REPORTS_DIR"])).resolve()
+    files = scorecard.report_files(root, exclude=(job.stem,))
+    return {p.relative_to(root).as_posix(): provenance.file_sha256(p) for p in files}
+
+
 def input_hash(job: Job, kernel: str, code: str, dataset: dict) -> tuple[str, dict]:
     inputs = {
         "notebook_sha256": provenance.file_sha256(job.path),
@@ -334,6 +346,9 @@ def input_hash(job: Job, kernel: str, code: str, dataset: dict) -> tuple[str, di
             k: v for k, v in provenance.package_versions().items() if k in ("python", "torch", "numpy", "pandas")
         },
     }
+    reports = reports_read(job)
+    if reports is not None:  # only then: the hash of a notebook that reads no report stays what it was
+        inputs["reports_read"] = reports
     return provenance.stable_hash(inputs), inputs
 
 
