@@ -379,6 +379,22 @@ def tied_sweep_runs(method: str, fields: Sequence[str], values: Sequence, key: s
             for value in values]
 
 
+def precision_runs(methods: Sequence[str], precision: str) -> list[KDRun]:
+    """Each method with the dense products of every part that has a ``precision`` option (DE, HTD) in
+    ``precision`` (``"bf16"``), key ``precision``: the fast path, to compare with the exact runs."""
+    runs = []
+    for method in methods:
+        if method not in KD_SPECS:
+            raise ValueError(f"{method!r} is not a distillation method; choose from {list(KD_SPECS)}")
+        names = [n for n in parse(KD_SPECS[method])
+                 if "precision" in {f.name for f in dataclasses.fields(make_config(n))}]
+        if not names:
+            raise ValueError(f"{method} has no precision option (methods with one: DE, HTD and their combinations)")
+        runs.append(KDRun(method, overrides={n: {"precision": precision} for n in names},
+                          keys={"precision": precision}))
+    return runs
+
+
 # TD's Table 4 labels → ours (the adaptive assignment is HTD itself).
 TD_ASSIGNMENT_LABELS = {"K-means": "K-means assignment", "DE-style (adaptive, end-to-end)": "HTD"}
 

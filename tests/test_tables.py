@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kdrepro import runs
 from kdrepro.tables import compare
 
 
@@ -26,3 +27,33 @@ def test_variant_table_means_ranks_and_paper_by_hand():
     assert (row.loc["A", "ours_rank"], row.loc["B", "ours_rank"]) == (2, 1)
     assert (row.loc["A", "paper_rank"], row.loc["B", "paper_rank"]) == (1, 2)
     assert list(row["n_seeds"]) == [2, 2]
+
+
+def test_fidelity_table_passes_a_fast_mean_within_one_exact_standard_error():
+    def long(values_by_metric, method="DE"):
+        return pd.DataFrame([{"base": "bpr", "method": method, "seed": s, "metric": m, "value": v}
+                             for m, values in values_by_metric.items() for s, v in enumerate(values)])
+
+    exact = long({"Recall@50": [0.1, 0.2, 0.3], "NDCG@50": [0.1, 0.2, 0.3], "HR@5": [1.0, 1.0, 1.0]})
+    fast = long({"Recall@50": [0.25, 0.25, 0.25], "NDCG@50": [0.3, 0.3, 0.3], "HR@5": [0.0, 0.0, 0.0]})
+    table = compare.fidelity_table(exact, fast, ["Recall@50", "NDCG@50"]).set_index("metric")
+    assert list(table.index) == ["Recall@50", "NDCG@50"]  # HR@5 not asked for
+    se = 0.1 / np.sqrt(3)  # std 0.1 over three seeds
+    assert table.loc["Recall@50", "exact_se"] == pytest.approx(se)
+    assert table.loc["Recall@50", "difference"] == pytest.approx(0.05)
+    assert table.loc["Recall@50", "verdict"] == "within 1 SE"
+    assert table.loc["NDCG@50", "difference"] == pytest.approx(0.1)
+    assert table.loc["NDCG@50", "verdict"] == "outside 1 SE"
+    assert (table["n_seeds"] == 3).all()
+    one_seed = compare.fidelity_table(exact[exact["seed"] == 0], fast[fast["seed"] == 0], ["Recall@50"])
+    assert one_seed["verdict"].tolist() == ["no standard error (one seed)"]
+
+
+def test_precision_runs_set_the_precision_of_every_part_that_has_one():
+    de_rrd, htd = runs.precision_runs(["DE-RRD", "HTD"], "bf16")
+    assert de_rrd.overrides == {"de": {"precision": "bf16"}} and de_rrd.keys == {"precision": "bf16"}
+    assert htd.overrides == {"htd": {"precision": "bf16"}}
+    with pytest.raises(ValueError, match="RRD has no precision option"):
+        runs.precision_runs(["RRD"], "bf16")
+    with pytest.raises(ValueError, match="'Student' is not a distillation method"):
+        runs.precision_runs(["Student"], "bf16")

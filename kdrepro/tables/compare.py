@@ -205,3 +205,26 @@ def td_gains(
                 "paper_%": 100 * (top - theirs) / theirs if top is not None and theirs else np.nan,
             })
     return pd.DataFrame(rows)
+
+
+def fidelity_table(exact: pd.DataFrame, fast: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The fast path against the exact one, per base, method and metric (issue 12's fidelity guard).
+
+    ``exact``/``fast``: long test results (``base, method, seed, metric, value``) of the same methods and
+    seeds. ``exact_se`` is the exact runs' standard error over seeds (std / √n); ``verdict``: "within 1 SE"
+    when the fast mean lies within one exact standard error of the exact mean (no verdict from one seed).
+    """
+    keys = ["base", "method", "metric"]
+
+    def stats(frame: pd.DataFrame) -> pd.DataFrame:
+        chosen = frame[frame["metric"].isin(metrics)]
+        return chosen.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"])
+
+    table = stats(exact).add_suffix("_exact").join(stats(fast).add_suffix("_fast"), how="inner").reset_index()
+    table["exact_se"] = table["std_exact"] / np.sqrt(table["count_exact"])
+    table["difference"] = table["mean_fast"] - table["mean_exact"]
+    inside = table["difference"].abs() <= table["exact_se"]
+    table["verdict"] = np.where(table["count_exact"] < 2, "no standard error (one seed)",
+                                np.where(inside, "within 1 SE", "outside 1 SE"))
+    return table.rename(columns={"mean_exact": "exact_mean", "mean_fast": "fast_mean", "count_exact": "n_seeds"})[
+        [*keys, "exact_mean", "exact_se", "fast_mean", "difference", "verdict", "n_seeds"]]
