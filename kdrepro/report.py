@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
@@ -229,30 +230,96 @@ def _number_formatter(precision: int):
     return fmt
 
 
+def _is_string(column: pd.Series) -> bool:
+    return pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+
+
 def _is_text(column: pd.Series) -> bool:
     """A column of words (left-aligned), not of numbers written as text such as "0.43 ± 0.01"."""
-    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+    if not _is_string(column):
         return False
     values = [str(v) for v in column.dropna() if str(v).strip()]
     return not all(re.match(r"^[-+]?\d", v) for v in values)
 
 
+LONG_TEXT = 24  # characters: a column of longer values may wrap (short words and numbers never do)
+TRANSPOSE_ROWS, TRANSPOSE_COLUMNS = 5, 10  # a table this short and wider than this is shown turned
+
+
+def _breakable(value: Any) -> str:
+    """A text cell as HTML that may wrap after its underscores (``05_item_side_ranking``) too."""
+    return html.escape(str(value)).replace("_", "_<wbr>")
+
+
+def _label(column: Any) -> str:
+    """A column name as a header that wraps at its words: ``paper_parameters_millions`` → "paper parameters
+    millions" (the CSV keeps the name)."""
+    return str(column).replace("_", " ")
+
+
 def show_table(table: pd.DataFrame, precision: int = 4):
-    """A display version of ``table``: numbers to ``precision`` decimals (whole counts without), text
-    left-aligned, no index column, cells not wrapped."""
-    formats = {}
+    """A display version of ``table`` that fits a page 1,400 px wide; the table itself is the CSV.
+
+    Numbers to ``precision`` decimals (whole counts without), never wrapped; text left-aligned and wrapped
+    when the table needs the room (also after underscores); headers in words. A text column holding the
+    same value on every row (of two or more) goes to the caption ("dataset: CiteULike · base: mlp64"); a
+    table of at most TRANSPOSE_ROWS rows and more than TRANSPOSE_COLUMNS columns is shown turned, one row
+    per column. No index column.
+    """
+    constant = [
+        c for c in table.columns if len(table) >= 2 and _is_text(table[c]) and table[c].nunique(dropna=False) == 1
+    ]
+    if len(constant) == len(table.columns):
+        constant = []
+    caption = " · ".join(f"{_label(c)}: {table[c].iloc[0]}" for c in constant)
+    table = table.drop(columns=constant)
+    formats: dict[Any, Any] = {}
     for c in table.columns:
         if pd.api.types.is_bool_dtype(table[c]):
             continue
         if pd.api.types.is_integer_dtype(table[c]):
-            formats[c] = "{:,}"
+            formats[c] = "{:,}".format
         elif pd.api.types.is_float_dtype(table[c]):
             formats[c] = _number_formatter(precision)
-    text = [c for c in table.columns if _is_text(table[c])]
-    styler = table.style.format(formats, na_rep="–")
-    if text:
-        styler = styler.set_properties(subset=text, **{"text-align": "left"})
-    return styler.hide(axis="index").set_table_styles([{"selector": "td", "props": "white-space: nowrap;"}])
+    words = [c for c in table.columns if _is_text(table[c])]
+    wrapping = [
+        c for c in table.columns
+        if c in words or (_is_string(table[c]) and table[c].astype(str).str.len().max() > LONG_TEXT)
+    ]
+    for c in wrapping:
+        formats[c] = _breakable
+    if len(table) <= TRANSPOSE_ROWS and len(table.columns) > TRANSPOSE_COLUMNS:
+        return _turned(table, formats, caption)
+    styles = {
+        c: [{"selector": "td", "props": ("text-align: left;" if c in words else "")
+             + ("" if c in wrapping else "white-space: nowrap;")}]
+        + ([{"selector": "th", "props": "text-align: left;"}] if c in words else [])
+        for c in table.columns
+    }
+    styler = table.style.format(formats, na_rep="–").format_index(_label, axis=1).set_table_styles(styles)
+    if caption:
+        styler = styler.set_caption(html.escape(caption))
+    return styler.hide(axis="index")
+
+
+def _turned(table: pd.DataFrame, formats: Mapping[Any, Any], caption: str):
+    """``table`` with its columns as rows: one column per row of ``table``, headed by its first text column
+    when that names every row once (``teacher``: MF, CML …), else by the row's number."""
+    heads = next((c for c in table.columns if _is_text(table[c]) and table[c].is_unique), None)
+    names = [str(v) for v in table[heads]] if heads is not None else [f"row {i + 1}" for i in range(len(table))]
+
+    def cell(column: Any, value: Any) -> str:
+        if pd.api.types.is_scalar(value) and pd.isna(value):
+            return "–"
+        shown = formats.get(column, str)(value)
+        return shown if column in formats and formats[column] is _breakable else html.escape(shown)
+
+    rows = [[_label(c), *(cell(c, v) for v in table[c])] for c in table.columns if c != heads]
+    turned = pd.DataFrame(rows, columns=["", *names])
+    styler = turned.style.set_table_styles({"": [{"selector": "td", "props": "text-align: left; font-weight: 600;"}]})
+    if caption:
+        styler = styler.set_caption(html.escape(caption))
+    return styler.hide(axis="index")
 
 
 _VALUE_COLUMNS = {"method", "metric", "paper", "ours_mean", "ours_std", "n_seeds", "rel_delta", "verdict"}

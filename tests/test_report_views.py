@@ -159,3 +159,34 @@ def test_a_one_cell_panel_beside_a_grid_says_not_run():
     ours = fig.axes[0]
     assert not ours.collections and "not run in this profile" in ours.texts[0].get_text()
     assert fig.axes[1].collections, "the paper's grid is still drawn"
+
+
+def test_show_table_fits_the_page_constant_text_to_caption_words_wrap_numbers_do_not():
+    table = pd.DataFrame(
+        {
+            "dataset": ["CiteULike"] * 3,
+            "claim": ["SingleCF user_multinomial < ConCF user_multinomial", "a < b", "c < d"],
+            "a_mean": [0.12345, 0.5, 0.25],
+            "n_seeds": [1, 2, 3],
+        }
+    )
+    html = report.show_table(table).to_html()
+    assert "<caption>dataset: CiteULike</caption>" in html and ">dataset</th>" not in html
+    assert ">a mean</th>" in html and ">n seeds</th>" in html, "headers in words: they wrap at spaces"
+    assert "user_<wbr>multinomial" in html and ">0.1235</td>" in html
+    style = html.split("</style>")[0]
+    assert re.search(r"td\.col0 \{\s*text-align: left;\s*\}", style), "words wrap when the table needs the room"
+    assert re.search(r"th\.col0 \{\s*text-align: left;", style), "a text column's header sits over its text"
+    assert re.search(r"td\.col1 \{\s*white-space: nowrap;", style), "numbers never wrap"
+    single = report.show_table(table.head(1)).to_html()
+    assert "<caption>" not in single and ">dataset</th>" in single, "one row: nothing is constant, all is shown"
+
+
+def test_a_short_wide_table_is_shown_turned():
+    table = pd.DataFrame({"teacher": ["MF", "CML"], **{f"metric_{i}": [0.1 * i, 0.2] for i in range(11)}})
+    html = report.show_table(table, precision=2).to_html()
+    heads = re.findall(r"<th [^>]*>([^<]*)</th>", html)
+    assert heads == ["", "MF", "CML"], "one column per row, headed by the row's name"
+    assert len(_rows(html)) == 1 + 11 and ">metric 3</td>" in html and ">0.30</td>" in html
+    narrow = report.show_table(table.iloc[:, :6]).to_html()
+    assert re.findall(r"<th [^>]*>([^<]*)</th>", narrow)[:2] == ["teacher", "metric 0"], "narrow tables stay"

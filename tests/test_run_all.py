@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 import torch
@@ -601,6 +602,33 @@ def test_long_column_names_may_wrap_after_underscores():
     markup = '<table><tr><th class="col_heading">paper_parameters_millions</th><td>a_b</td></tr></table>'
     wrapped = render._breakable_headers(markup)
     assert '<th class="col_heading">paper_<wbr>parameters_<wbr>millions</th>' in wrapped and "<td>a_b</td>" in wrapped
+
+
+def test_shown_tables_are_rebuilt_from_their_csv_with_todays_view(tmp_path):
+    frame = pd.DataFrame({"method": ["SingleCF bpr", "SingleCF cml"], "Recall@10": [0.0257, 0.0041]})
+    frame.columns.name = "metric"
+    (tmp_path / "tables").mkdir()
+    for name in ("raw", "named", "rounded"):
+        frame.to_csv(tmp_path / "tables" / f"{name}.csv", index=False)
+    named = frame.set_index("method")
+
+    def cell(source, stored):
+        code = nbformat.v4.new_code_cell(source)
+        code.outputs = [nbformat.v4.new_output("execute_result", data={"text/html": stored}, execution_count=1)]
+        return code
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        cell('recorder.show("raw", frame)', frame._repr_html_()),
+        cell('recorder.show("named", named)', named._repr_html_()),
+        cell('t = 1\nrecorder.show("rounded", t, report.show_table(t, precision=2))', "<table>stored</table>"),
+    ]
+    render.ChapterPage().preprocess(nb, {"kdrepro": {"card_html": "", "folder": tmp_path}})
+    raw, kept, rounded = (c.outputs[0].data["text/html"] for c in nb.cells[2:])
+    assert "<th>0</th>" not in raw and ">SingleCF bpr</td>" in raw, "row numbers were no data: the index goes"
+    assert kept.startswith("<div>") and "<th>SingleCF bpr</th>" in kept, "a meaningful index is not in the CSV: kept"
+    assert ">0.03</td>" in rounded and "stored" not in rounded, "show_table's precision is the call's"
 
 
 def _bar_state(visibility: str | None) -> dict:

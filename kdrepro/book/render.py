@@ -195,21 +195,76 @@ def _plain(markdown: str) -> str:
     return re.sub(r"[`*_]", "", markdown).strip()
 
 
-def _rebuilt_view(source: str, folder: Path | None, caption: str) -> str | None:
-    """HTML of a paper-vs-ours (or ranked) view rebuilt from ``tables/<name>.csv``, or None."""
+def _rebuilt_view(source: str, folder: Path | None, caption: str, stored: str) -> str | None:
+    """HTML of a table view rebuilt from ``tables/<name>.csv`` with today's view, or None (keep ``stored``).
+
+    Rebuilt: a paper-vs-ours or ranked view; a table shown through ``report.show_table`` (with the call's
+    precision); a DataFrame shown as it is (``recorder.show(name, frame)``) when its index was only row
+    numbers (the CSV holds everything it showed).
+    """
     match = _SHOW.search(source)
     if folder is None or match is None:
         return None
-    name = next((name for name in VIEWS if f"report.{name}(" in source), None)
     path = folder / "tables" / f"{match['name']}.csv"
-    if name is None or not path.is_file():
+    if not path.is_file():
+        return None
+    name = next((name for name in VIEWS if f"report.{name}(" in source), None)
+    shown = _shown_table(source) if name is None else None
+    if name is None and (shown is None or (shown[1] is None and not _positional_index(stored))):
         return None
     table = pd.read_csv(path)
     try:
-        view = VIEWS[name](table, caption=caption) if name == "paper_vs_ours_view" else VIEWS[name](table)
+        if name is not None:
+            view = VIEWS[name](table, caption=caption) if name == "paper_vs_ours_view" else VIEWS[name](table)
+        else:
+            view = report.show_table(table, precision=shown[1] if shown[1] is not None else 4)
         return view.to_html()
     except (KeyError, ValueError, TypeError):  # an older table layout: keep the stored output
         return None
+
+
+def _shown_table(source: str) -> tuple[str, int | None] | None:
+    """``(name, precision)`` of a cell ending in ``recorder.show("name", table, report.show_table(table,
+    precision=p))`` (precision 4 when not given), ``(name, None)`` when it ends in ``recorder.show("name",
+    frame)`` (a DataFrame shown as it is); else None."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    call = body[-1].value if body and isinstance(body[-1], ast.Expr) else None
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "show"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "recorder"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+    ):
+        return None
+    name = str(call.args[0].value)
+    views = [*call.args[2:], *(k.value for k in call.keywords if k.arg == "view")]
+    if not views:
+        return (name, None) if len(call.args) == 2 else None
+    view = views[0]
+    if not (isinstance(view, ast.Call) and isinstance(view.func, ast.Attribute) and view.func.attr == "show_table"):
+        return None
+    given = [k.value for k in view.keywords if k.arg == "precision"] + view.args[1:2]
+    try:
+        precision = ast.literal_eval(given[0]) if given else 4
+    except ValueError:
+        return None
+    return (name, precision) if isinstance(precision, int) else None
+
+
+_ROW_HEAD = re.compile(r"<tr[^>]*>\s*<th[^>]*>([^<]*)</th>")
+
+
+def _positional_index(markup: str) -> bool:
+    """A pandas DataFrame's HTML whose index is only row numbers (unnamed, integers)."""
+    head, _, body = markup.partition("<tbody>")
+    numbers = _ROW_HEAD.findall(body)
+    return head.count("<tr") == 1 and bool(numbers) and all(n.strip().isdigit() for n in numbers)
 
 
 _FIT_SETTING = re.compile(r"^\[\d+/\d+\].*?\b(\w+)=(\S+)", re.M)
@@ -278,7 +333,8 @@ class ChapterPage(Preprocessor):
 
     @staticmethod
     def _outputs(cell, section: str, folder: Path | None) -> None:
-        rebuilt = _rebuilt_view(cell.source, folder, section)
+        stored = next((o["data"]["text/html"] for o in cell.get("outputs", []) if "text/html" in o.get("data", {})), "")
+        rebuilt = _rebuilt_view(cell.source, folder, section, stored) if stored else None
         figure = _FIGURE.search(cell.source)
         for out in cell.get("outputs", []):
             data = out.get("data", {})
