@@ -435,6 +435,8 @@ def verdicts(
     chapter's blocks with :func:`chapter_verdicts` (the schema is in this module's docstring).
     """
     misses = []
+    # A section narrowed to nothing comparable (e.g. one variant of an ablation) gives an empty table.
+    cells, gains, claims = (None if t is None or not len(t) else t for t in (cells, gains, claims))
     if cells is not None:
         for _, row in cells[cells["verdict"].isin(["partially", "not"])].iterrows():
             order = "the ordering holds" if row["verdict"] == "partially" else "the ordering differs too"

@@ -137,3 +137,10 @@ def test_variant_claims_by_hand():
     table = compare.variant_claims(results, ["(a) Attention < DE", "(c) One expert (small) < DE"], ["HR@5"])
     assert table.set_index("claim")["verdict"].to_dict() == {"(a) Attention < DE": "partially",
                                                              "(c) One expert (small) < DE": "reproduced"}
+
+
+def test_a_section_narrowed_to_nothing_comparable_counts_nothing():
+    empty = pd.DataFrame()  # e.g. an ablation run with one variant only: no cells, no claims
+    block = paper.verdicts(empty, gains=None, claims=pd.DataFrame(columns=["claim"]), table="t")
+    assert block["cells"] == block["claims"] == {"reproduced": 0, "partially": 0, "not": 0}
+    assert block["misses"] == []

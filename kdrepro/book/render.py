@@ -212,8 +212,8 @@ def _rebuilt_view(source: str, folder: Path | None, caption: str, stored: str) -
     shown = _shown_table(source) if name is None else None
     if name is None and (shown is None or (shown[1] is None and not _positional_index(stored))):
         return None
-    table = pd.read_csv(path)
     try:
+        table = pd.read_csv(path)  # an empty section's table has no columns: EmptyDataError, a ValueError
         if name is not None:
             view = VIEWS[name](table, caption=caption) if name == "paper_vs_ours_view" else VIEWS[name](table)
         else:
