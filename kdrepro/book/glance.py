@@ -175,7 +175,7 @@ def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
         "commit": str(git.get("sha", "unknown"))[:10],
         "dirty": "with uncommitted changes" if git.get("dirty") else "clean tree",
         "device": str(device.get("used") or device.get("requested") or "?"),
-        "data": (f'<code>{dataset["name"]}</code> sha256 <code>{str(dataset.get("sha256"))[:12]}</code>'
+        "data": (f'{dataset["name"]} (sha256 {str(dataset.get("sha256"))[:12]})'  # plain text: pages escape it
                  if dataset.get("name") else "none: this chapter trains nothing"),
         "seeds": _value(manifest.get("parameters", {}).get("SEEDS", "–")),
         "peak": f"{manifest.get('peak_memory_mib', 0) or 0:.0f} MiB",
