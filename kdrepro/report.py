@@ -19,6 +19,7 @@ import html
 import math
 import os
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,59 @@ def write_table(path: str | os.PathLike, table: pd.DataFrame) -> Path:
 
 
 def write_figure(path: str | os.PathLike, fig: Figure, dpi: int = 120) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    """The figure as PNG, with :func:`describe_figure`'s text as its ``Description`` (the page's alt text)."""
+    meta = {"Description": describe_figure(fig)}
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata=meta))
+
+
+def _panel_description(ax) -> str:
+    """What one axes shows: its title, what is plotted against what (or the grid of a heatmap), its series."""
+    xlabel, ylabel, title = ax.get_xlabel(), ax.get_ylabel(), ax.get_title()
+    if not ax.axison:  # a panel that only holds a message ("not run in this profile: 1 cell")
+        words = " ".join(" ".join(text.get_text().split()) for text in ax.texts)
+        return f"{title}: {words}" if title else words
+    grid = any(type(c).__name__ == "QuadMesh" for c in ax.collections) or bool(ax.images)
+    if grid:
+        what = f"heatmap over {ylabel or 'rows'} × {xlabel or 'columns'}"
+    else:
+        logs = [axis for axis, scale in (("x", ax.get_xscale()), ("y", ax.get_yscale())) if scale == "log"]
+        scales = [f"{axis} on a log scale" for axis in logs]
+        what = f"{ylabel or 'value'} against {xlabel or 'x'}" + (f" ({', '.join(scales)})" if scales else "")
+    legend = ax.get_legend()
+    names = [text.get_text() for text in legend.get_texts()] if legend is not None else []
+    if not names:
+        names = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    series = f"; series: {', '.join(dict.fromkeys(names))}" if names else ""
+    return (f"{title}: " if title else "") + what + series
+
+
+def describe_figure(fig: Figure) -> str:
+    """A figure in words, from what it draws (for alt text): per panel its title, what is plotted against
+    what — or the grid of a heatmap — and its series (legend entries); colour bars left out."""
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    parts = [_panel_description(ax) for ax in panels]
+    if len(parts) == 1:
+        return parts[0]
+    return f"{len(parts)} panels. " + " ".join(f"({i}) {part}." for i, part in enumerate(parts, 1))
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def figure_description(path: str | os.PathLike) -> str | None:
+    """The ``Description`` that :func:`write_figure` stored in a PNG (its tEXt or iTXt chunk), or None."""
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    pos = len(_PNG) if data.startswith(_PNG) else len(data)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        key, _, rest = body.partition(b"\0")
+        if key == b"Description" and kind == b"tEXt":
+            return rest.decode("latin-1")
+        if key == b"Description" and kind == b"iTXt" and rest[:1] == b"\0":  # uncompressed international text
+            return rest[2:].split(b"\0", 2)[-1].decode("utf-8")
+        pos += 12 + length
+    return None
 
 
 def _data_of(table: Any) -> pd.DataFrame:

@@ -190,3 +190,23 @@ def test_a_short_wide_table_is_shown_turned():
     assert len(_rows(html)) == 1 + 11 and ">metric 3</td>" in html and ">0.30</td>" in html
     narrow = report.show_table(table.iloc[:, :6]).to_html()
     assert re.findall(r"<th [^>]*>([^<]*)</th>", narrow)[:2] == ["teacher", "metric 0"], "narrow tables stay"
+
+
+def test_a_figure_is_described_from_what_it_draws_and_the_png_keeps_it(tmp_path):
+    rows = [
+        {"base": "bpr", "method": m, "phi": phi, "metric": metric, "value": 0.3 + phi / 10, "seed": 0}
+        for m in ("Student", "RRD") for phi in (0.1, 0.5) for metric in ("HR@5", "NDCG@5")
+    ]
+    fig = report.sweep_plot(pd.DataFrame(rows), "phi")
+    text = report.describe_figure(fig)
+    assert text.startswith("2 panels. (1) bpr · HR@5: test HR@5 against student size φ")
+    assert "series: Student, RRD. (2) bpr · NDCG@5: test NDCG@5" in text
+    report.write_figure(tmp_path / "f.png", fig)
+    assert report.figure_description(tmp_path / "f.png") == text, "non-Latin-1 text survives the PNG"
+    axes = {"index": pd.Index([1], name="lambda_de"), "columns": pd.Index([1, 2], name="lambda_rrd")}
+    grid = pd.DataFrame([[0.1, 0.2]], **axes)
+    heat = report.describe_figure(report.heatmaps({"bpr · HR@5": grid, "neumf · HR@5": grid.iloc[:, :1]}))
+    assert heat == (
+        "2 panels. (1) bpr · HR@5: heatmap over λ_DE × λ_RRD. (2) neumf · HR@5: not run in this profile: 1 cell."
+    )
+    assert report.figure_description(tmp_path / "missing.png") is None

@@ -19,6 +19,7 @@ import papermill
 import pytest
 import torch
 
+from kdrepro import report
 from kdrepro.book import execute, glance, params, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -629,6 +630,30 @@ def test_shown_tables_are_rebuilt_from_their_csv_with_todays_view(tmp_path):
     assert "<th>0</th>" not in raw and ">SingleCF bpr</td>" in raw, "row numbers were no data: the index goes"
     assert kept.startswith("<div>") and "<th>SingleCF bpr</th>" in kept, "a meaningful index is not in the CSV: kept"
     assert ">0.03</td>" in rounded and "stored" not in rounded, "show_table's precision is the call's"
+
+
+def test_figures_get_alt_text_from_their_png_or_their_plotting_call(tmp_path):
+    figure = report.training_curves(pd.DataFrame({"epoch": [1, 2], "loss": [0.9, 0.5]}), "loss")
+    report.write_figure(tmp_path / "figures" / "drawn.png", figure)
+    params = nbformat.v4.new_code_cell('METRICS = ["HR@5", "NDCG@5"]  # metrics')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params, nbformat.v4.new_code_cell("from kdrepro import report")]
+    for source in (
+        'recorder.figure("drawn", report.training_curves(h, "loss"))',
+        'sweep = report.sweep_plot(r, "phi", METRICS)\nrecorder.figure("older", sweep)',
+        'recorder.figure("other", make())',
+    ):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+        nb.cells.append(cell)
+    render.ChapterPage().preprocess(nb, {"kdrepro": {"card_html": "", "folder": tmp_path}})
+    drawn, older, other = (c.outputs[0].metadata["image/png"]["alt"] for c in nb.cells[-3:])
+    assert drawn == "Figure “drawn”: loss against epoch", "what the saved PNG says it draws"
+    assert older == (
+        "Figure “older”: Mean test HR@5, NDCG@5 (error bars: std over seeds) against the swept column phi."
+    ), "a PNG saved without a description: the plotting function's docstring, with the call's arguments"
+    assert other.startswith("Figure “other” of section"), "nothing known: its name and section"
 
 
 def _bar_state(visibility: str | None) -> dict:

@@ -17,6 +17,7 @@ The template (``templates/kdrepro``) hides code in a collapsible ``<details>`` p
 from __future__ import annotations
 
 import ast
+import functools
 import html
 import re
 from collections.abc import Mapping
@@ -295,6 +296,112 @@ def _one_point_sweep(cell, swept: dict[str, set[str]]) -> None:
     ]
 
 
+PACKAGE = Path(report.__file__).resolve().parent
+
+
+def alt_text(name: str | None, folder: Path | None, plot: str | None, section: str) -> str:
+    """A figure's alt text: what it draws, as :func:`kdrepro.report.write_figure` stored it in the PNG (its
+    panels, axes and series); for a figure saved before that, what its plotting function's docstring says it
+    draws (``plot``); else its name and section."""
+    stored = report.figure_description(folder / "figures" / f"{name}.png") if folder and name else None
+    label = (name or "figure").replace("_", " ")
+    if stored:
+        return f"Figure “{label}”: {stored}"
+    if plot:
+        return f"Figure “{label}”: {plot}"
+    return f"Figure “{label}” of section “{section}”; its numbers are in the section's tables"
+
+
+def _module_imports(tree: ast.AST) -> dict[str, str]:
+    """``{name: "kdrepro.module"}`` of a cell's ``from kdrepro[.pkg] import name`` lines."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kdrepro":
+            names.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+    return names
+
+
+@functools.lru_cache(maxsize=64)
+def _docstrings(module: str) -> dict[str, tuple[list[str], str]]:
+    """``{function: (parameter names, docstring)}`` of a kdrepro module, read from its source (not imported)."""
+    relative = Path(*module.split(".")[1:])
+    path = next((p for p in (PACKAGE / relative.with_suffix(".py"), PACKAGE / relative / "__init__.py")
+                 if p.is_file()), None)
+    if path is None:
+        return {}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        f.name: ([a.arg for a in (*f.args.posonlyargs, *f.args.args, *f.args.kwonlyargs)], ast.get_docstring(f) or "")
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef)
+    }
+
+
+def _literal(node: ast.AST) -> str | None:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # not a literal
+        return None
+    return ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _describe_call(call: ast.Call, modules: Mapping[str, str], literals: Mapping[str, str]) -> str | None:
+    """The first paragraph of a plotting function's docstring, with the call's arguments given as literals or
+    as names of literal parameters (``literals``) in place of their parameters (``sweep_plot(r, "phi",
+    ["HR@5"])``: "Mean test HR@5 … against the swept column phi")."""
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in modules):
+        return None
+    params, doc = _docstrings(modules[func.value.id]).get(func.attr, ([], ""))
+    sentence = " ".join(doc.split("\n\n")[0].split())
+    if not sentence:
+        return None
+    given = dict(zip(params, call.args, strict=False)) | {k.arg: k.value for k in call.keywords if k.arg}
+    for param, node in given.items():
+        value = literals.get(node.id) if isinstance(node, ast.Name) else _literal(node)
+        if value is not None:
+            sentence = sentence.replace(f"``{param}``", value)
+    sentence = re.sub(r":\w+:`~?([^`]+)`", r"\1", sentence).replace("``", "")
+    return sentence if len(sentence) <= 300 else sentence[:300].rsplit(" ", 1)[0] + " …"
+
+
+def plot_descriptions(cells: list) -> dict[int, str]:
+    """``{id(cell): description}`` of every cell saving a figure (``recorder.figure(name, plot)``): its
+    plotting call's docstring (:func:`_describe_call`); a figure passed by name is found at its assignment in
+    an earlier or the same cell; a parameter passed by name is read from the (injected) parameters cells."""
+    modules: dict[str, str] = {}
+    calls: dict[str, ast.Call] = {}  # variable → the call it was last assigned
+    literals: dict[str, str] = {}  # parameter → its value as text (CLAIM_METRICS → "HR@5, NDCG@5")
+    out = {}
+    for cell in cells:
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        modules.update(_module_imports(tree))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+                if isinstance(node.value, ast.Call):
+                    calls.update(dict.fromkeys(names, node.value))
+                elif _literal(node.value) is not None:
+                    literals.update(dict.fromkeys(names, _literal(node.value)))
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "figure"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "recorder"
+                and len(node.args) >= 2
+            ):
+                plot = node.args[1]
+                plot = calls.get(plot.id) if isinstance(plot, ast.Name) else plot
+                text = _describe_call(plot, modules, literals) if isinstance(plot, ast.Call) else None
+                if text:
+                    out[id(cell)] = text
+    return out
+
+
 class ChapterPage(Preprocessor):
     """Run card after the title, parameters cells hidden, views rebuilt, figures captioned."""
 
@@ -304,6 +411,7 @@ class ChapterPage(Preprocessor):
         cells = []
         section = ""
         swept: dict[str, set[str]] = {}  # "name=value" settings of the fits printed in this section
+        plots = plot_descriptions([c for c in nb.cells if c.cell_type == "code"])  # id(cell) → text
         for cell in nb.cells:
             tags = set(cell.metadata.get("tags", []))
             if cell.cell_type == "code" and tags & HIDDEN_TAGS:
@@ -315,7 +423,7 @@ class ChapterPage(Preprocessor):
                     swept = {}
             if cell.cell_type == "code":
                 _record_settings(cell, swept)
-                self._outputs(cell, section, folder)
+                self._outputs(cell, section, folder, plots)
                 _one_point_sweep(cell, swept)
             cells.append(cell)
         first = next(
@@ -332,7 +440,7 @@ class ChapterPage(Preprocessor):
         return nb, resources
 
     @staticmethod
-    def _outputs(cell, section: str, folder: Path | None) -> None:
+    def _outputs(cell, section: str, folder: Path | None, plots: Mapping[int, str]) -> None:
         stored = next((o["data"]["text/html"] for o in cell.get("outputs", []) if "text/html" in o.get("data", {})), "")
         rebuilt = _rebuilt_view(cell.source, folder, section, stored) if stored else None
         figure = _FIGURE.search(cell.source)
@@ -350,7 +458,7 @@ class ChapterPage(Preprocessor):
             if "image/png" in data:
                 name = figure["name"].replace("_", " ") if figure else "figure"
                 meta = out.setdefault("metadata", {}).setdefault("image/png", {})
-                meta["alt"] = f"Plot “{name}” of section “{section}”; its numbers are in the section's tables"
+                meta["alt"] = alt_text(figure["name"] if figure else None, folder, plots.get(id(cell)), section)
                 meta["caption"] = f"Figure: {name} — {section}" + (
                     f" (figures/{figure['name']}.png)" if figure else ""
                 )
