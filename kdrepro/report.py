@@ -287,12 +287,16 @@ def _is_string(column: pd.Series) -> bool:
     return pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
 
 
+# A number written as text: "0.43 ± 0.01", "5 / 5 / 10", "12 %", "0.4346 (1)", "+0.0873" (not "02_name").
+_NUMBER_TEXT = re.compile(r"^[-+−]?\d[\d.,]*(e[-+]?\d+)?\s*(±|/|%|\(|$)")
+
+
 def _is_text(column: pd.Series) -> bool:
     """A column of words (left-aligned), not of numbers written as text such as "0.43 ± 0.01"."""
     if not _is_string(column):
         return False
     values = [str(v) for v in column.dropna() if str(v).strip()]
-    return not all(re.match(r"^[-+]?\d", v) for v in values)
+    return not all(_NUMBER_TEXT.match(v) for v in values)
 
 
 LONG_TEXT = 24  # characters: a column of longer values may wrap (short words and numbers never do)

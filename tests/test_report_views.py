@@ -180,6 +180,10 @@ def test_show_table_fits_the_page_constant_text_to_caption_words_wrap_numbers_do
     assert re.search(r"td\.col1 \{\s*white-space: nowrap;", style), "numbers never wrap"
     single = report.show_table(table.head(1)).to_html()
     assert "<caption>" not in single and ">dataset</th>" in single, "one row: nothing is constant, all is shown"
+    stems = report.show_table(pd.DataFrame({"chapter": ["02_phr", "03_td"], "x": ["0.1 ± 0.01", "0.2 (1)"]}))
+    style = stems.to_html().split("</style>")[0]
+    assert re.search(r"th\.col0 \{\s*text-align: left;", style), "a stem is a word, digits first or not"
+    assert not re.search(r"th\.col1", style), "numbers written as text stay right-aligned"
 
 
 def test_a_short_wide_table_is_shown_turned():
