@@ -77,7 +77,7 @@ def write_figure(path: str | os.PathLike, fig: Figure, dpi: int = 120) -> Path:
 def _panel_description(ax) -> str:
     """What one axes shows: its title, what is plotted against what (or the grid of a heatmap), its series."""
     xlabel, ylabel, title = ax.get_xlabel(), ax.get_ylabel(), ax.get_title()
-    if not ax.axison:  # a panel that only holds a message ("not run in this profile: 1 cell")
+    if not ax.axison or not (ax.lines or ax.collections or ax.images or ax.patches):  # only a message
         words = " ".join(" ".join(text.get_text().split()) for text in ax.texts)
         return f"{title}: {words}" if title else words
     grid = any(type(c).__name__ == "QuadMesh" for c in ax.collections) or bool(ax.images)

@@ -214,3 +214,5 @@ def test_a_figure_is_described_from_what_it_draws_and_the_png_keeps_it(tmp_path)
         "2 panels. (1) bpr · HR@5: heatmap over λ_DE × λ_RRD. (2) neumf · HR@5: not run in this profile: 1 cell."
     )
     assert report.figure_description(tmp_path / "missing.png") is None
+    empty = report.training_curves(pd.DataFrame({"epoch": [1]}), "loss")
+    assert report.describe_figure(empty) == "no loss recorded", "a panel holding only a message says it"
