@@ -12,8 +12,10 @@ import torch
 
 from kdrepro import concf_analysis, concf_task, data, jobs, splits
 from kdrepro.distill._concf_kernels import (
+    SortedConsensus,
     consensus_top_n,
     distinct,
+    gather_row_sets,
     listed_scores,
     positions_in,
     queue_positions,
@@ -33,7 +35,7 @@ from kdrepro.distill.concf import (
     renormalize_,
 )
 from kdrepro.evaluate import evaluate, rank_full
-from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball
+from kdrepro.models.multihead import OBJECTIVES, MultiHeadCF, project_unit_ball, relu_dropout
 from kdrepro.objectives import BASE_LOSSES, bce_loss, bpr_loss, cml_hinge_loss, mse_loss, multinomial_loss
 from kdrepro.store import Store
 from kdrepro.train import TrainConfig, fit
@@ -314,21 +316,67 @@ def test_distinct_and_sparse_multinomial_match_the_plain_formulation():
 
 
 def test_listed_scores_match_branch_scores():
+    """The sparse products give the plain gathered scores and gradients in consensus order, over every item and
+    over the lists relabelled into their distinct items (as the pairwise heads' rows), for a subset of users."""
     torch.manual_seed(0)
     model = MultiHeadCF(10, 30, ("bpr", "cml"), dim=16)
-    index = torch.randint(0, 30, (10, 7))
+    generator = torch.Generator().manual_seed(0)
+    consensus = torch.stack([torch.randperm(30, generator=generator)[:7] for _ in range(10)])
+    users = torch.tensor([1, 4, 5, 8])
+    lists = SortedConsensus.of(consensus).select(users)
+    assert torch.equal(lists.items, consensus[users].sort(dim=1).values)
+    unique_items, labels = distinct(lists.items, 30)
+    weights = torch.randn(len(users), 7)
     for head in ("bpr", "cml"):
         branch = model.branches[head].eval()
-        users = branch(model.user_embedding.weight * 50)
-        items = branch(model.item_embedding.weight * 50)
-        fast = listed_scores(users, items, index, branch.metric)
-        plain = branch.scores(users, items[index])
-        assert torch.allclose(fast, plain, atol=1e-5), head
-        weights = torch.randn(10, 7)
-        fast_grads = torch.autograd.grad((fast * weights).sum(), list(branch.parameters()), retain_graph=True)
-        plain_grads = torch.autograd.grad((plain * weights).sum(), list(branch.parameters()))
-        for a, b in zip(fast_grads, plain_grads, strict=True):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), head
+        parameters = [model.user_embedding.weight, model.item_embedding.weight, *branch.parameters()]
+        user_out = branch(model.user_embedding.weight[users] * 50)
+        item_out = branch(model.item_embedding.weight * 50)
+        plain = branch.scores(user_out, item_out[consensus[users]])
+        plain_grads = torch.autograd.grad((plain * weights).sum(), parameters, retain_graph=True)
+        for rows, pattern in [(item_out, lists.pattern(lists.items, 30)),
+                              (item_out[unique_items], lists.pattern(labels, len(unique_items)))]:
+            assert torch.equal(rows[pattern.index], item_out[consensus[users]])
+            fast = listed_scores(user_out, rows, pattern, branch.metric)
+            assert torch.allclose(fast, plain, atol=1e-4), head
+            fast_grads = torch.autograd.grad((fast * weights).sum(), parameters, retain_graph=True)
+            for a, b in zip(fast_grads, plain_grads, strict=True):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), head
+
+
+def test_gathered_row_sets_match_separate_gathers():
+    table = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    id_sets = [torch.tensor([0, 5, 7]), torch.tensor([5, 5, 11, 2]), torch.tensor([1])]
+    weights = [torch.randn(len(ids), 3, dtype=torch.float64) for ids in id_sets]
+    fast = gather_row_sets(table, id_sets)
+    plain = [table.index_select(0, ids) for ids in id_sets]
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+    (fast_grad,) = torch.autograd.grad(sum((r * w).sum() for r, w in zip(fast, weights, strict=True)), table,
+                                       retain_graph=True)
+    (plain_grad,) = torch.autograd.grad(sum((r * w).sum() for r, w in zip(plain, weights, strict=True)), table)
+    assert torch.allclose(fast_grad, plain_grad, rtol=1e-12)
+    (partial_grad,) = torch.autograd.grad(fast[1].sum(), table)  # one set used: the others' gradients are None
+    assert torch.equal(partial_grad, torch.autograd.grad(table.index_select(0, id_sets[1]).sum(), table)[0])
+
+
+def test_relu_dropout_keeps_the_dropout_distribution():
+    """Kept entries are ReLU(x)/(1 − p), at rate 1 − p (binomial bounds, 10⁶ entries), the gradient flows
+    through the kept positive entries only, and the seed fixes the mask."""
+    x = torch.randn(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    out = relu_dropout(x, 0.1)
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept].detach() / 0.9)
+    assert (x[kept] > 0).all()
+    positive = int((x > 0).sum())
+    rate = int(kept.sum()) / positive
+    assert abs(rate - 0.9) < 5 * math.sqrt(0.09 / positive)
+    grad = torch.randn_like(x)
+    (x_grad,) = torch.autograd.grad(out, x, grad)
+    assert torch.allclose(x_grad, torch.where(kept, grad / 0.9, torch.zeros(())))
+    torch.manual_seed(0)
+    assert torch.equal(relu_dropout(x, 0.1), out)
+    assert torch.equal(relu_dropout(x, 0.0), torch.relu(x))
 
 
 def test_training_terms_and_gradients_match_the_plain_formulation(split):

@@ -45,7 +45,10 @@ consensus (U, N); CL scores (B_u, N) per head over the B_u distinct users of a b
   once, a slice per batch, as an autoencoder epoch does; pairwise heads see the batch's (user, pos, neg).
 - The consensus is generated vectorised, a block of users at a time (the authors ranked in a Python loop over
   users); the speed kernels (ranking, queue positions, consensus top-N, the multinomial heads' loss, the
-  consensus-list scores) are in :mod:`kdrepro.distill._concf_kernels`, each tested against its plain form.
+  consensus-list scores as sparse products, the batch's embedding gathers) are in
+  :mod:`kdrepro.distill._concf_kernels`, each tested against its plain form.
+- Dropout in the branches draws its masks from random words (:func:`kdrepro.models.multihead.relu_dropout`):
+  the distribution of ``nn.Dropout``, not its random draws.
 """
 
 from __future__ import annotations
@@ -60,8 +63,11 @@ import torch
 from torch import nn
 
 from kdrepro.distill._concf_kernels import (
+    ListPattern,
+    SortedConsensus,
     consensus_top_n,
     distinct,
+    gather_row_sets,
     listed_scores,
     queue_positions,
     rank_top_n,
@@ -254,10 +260,11 @@ class _BatchIds:
     user_index: torch.Tensor | None = None
     items: torch.Tensor | None = None
     item_index: torch.Tensor | None = None
-    cl_users: torch.Tensor | None = None
-    cl_items: torch.Tensor | None = None  # (B_u, N) consensus lists of the batch's distinct users
+    cl_users: torch.Tensor | None = None  # (B_u,) the batch's distinct users, whose consensus lists are learned
+    cl_pair_lists: ListPattern | None = None  # their lists over ``items`` (pairwise heads)
     cl_unique_items: torch.Tensor | None = None
-    cl_item_index: torch.Tensor | None = None
+    cl_unique_lists: ListPattern | None = None  # over ``cl_unique_items`` (item multinomial)
+    cl_all_lists: ListPattern | None = None  # over every item (user multinomial)
     user_chunk: torch.Tensor | None = None
     user_chunk_and_cl: torch.Tensor | None = None
     user_targets: tuple[torch.Tensor, torch.Tensor] | None = None  # (row in chunk, item) of the training ones
@@ -291,7 +298,8 @@ class ConCF(nn.Module):
         self.item_indptr = np.concatenate([[0], np.cumsum(np.bincount(split.train_items, minlength=split.num_items))])
         self.item_users = split.train_users[order]
         self.queues = {h: deque(maxlen=config.queue_size) for h in config.heads}
-        self.consensus: torch.Tensor | None = None
+        self._consensus: torch.Tensor | None = None
+        self._sorted_consensus: SortedConsensus | None = None
         self.log: list[dict] = []
         self.weight_log: list[dict] = []
         self._epoch, self._pairs_seen, self._generate_now = 0, 0, False
@@ -311,6 +319,15 @@ class ConCF(nn.Module):
         wants_consensus = cfg.consensus_learning or cfg.track_heads
         self._generate_now = wants_consensus and (epoch - 1) % cfg.update_every == 0
         self.weight_log.append({"epoch": epoch, **dict(zip(cfg.heads, self.weights.detach().tolist(), strict=True))})
+
+    @property
+    def consensus(self) -> torch.Tensor | None:
+        """(U, N) every user's consensus list, best first (None before the first generation)."""
+        return self._consensus
+
+    @consensus.setter
+    def consensus(self, lists: torch.Tensor) -> None:
+        self._consensus, self._sorted_consensus = lists, SortedConsensus.of(lists)
 
     def learning_consensus(self) -> bool:
         return self.config.consensus_learning and self._epoch > self.config.warmup_epochs and self.consensus is not None
@@ -371,14 +388,22 @@ class ConCF(nn.Module):
             self._grad_sq[index] += float(flat.dot(flat))  # ‖g‖² in one pass (no squared copy)
         return hook
 
+    def _gather(self, model: MultiHeadCF, ids: _BatchIds) -> None:
+        """Every embedding row set of this batch's heads, one gather per table (``gather_row_sets``): heads
+        asking for the same ids share their rows, and each table's gradient is formed once per batch."""
+        self._gathered = {}
+        user_table, item_table = model.user_embedding.weight, model.item_embedding.weight
+        for table, id_sets in ((user_table, (ids.users, ids.user_chunk_and_cl)),
+                               (item_table, (ids.items, ids.item_chunk, ids.cl_unique_items))):
+            wanted = [s for s in id_sets if s is not None]
+            self._gathered[(table.data_ptr(), None)] = table
+            for id_set, rows in zip(wanted, gather_row_sets(table, wanted) if wanted else (), strict=True):
+                self._gathered[(table.data_ptr(), id(id_set))] = rows
+
     def _rows(self, table: torch.Tensor, ids: torch.Tensor | None, index: int) -> torch.Tensor:
-        """Shared embedding rows ``table[ids]`` (``ids=None``: every row) as the head's own view: its gradient
-        norm feeds the balancing. Heads asking for the same ``ids`` share one gather, so the (dense) table
-        gradient is formed once per batch, not once per head."""
-        key = (table.data_ptr(), None if ids is None else id(ids))
-        if key not in self._gathered:
-            self._gathered[key] = table if ids is None else table.index_select(0, ids)
-        shared = self._gathered[key]
+        """Shared embedding rows ``table[ids]`` (``ids=None``: every row; gathered by :meth:`_gather`) as the
+        head's own view: its gradient norm feeds the balancing."""
+        shared = self._gathered[(table.data_ptr(), None if ids is None else id(ids))]
         rows = shared.view_as(shared)
         if self.balanced and rows.requires_grad:
             rows.register_hook(self._capture(index))
@@ -390,24 +415,25 @@ class ConCF(nn.Module):
         branch = model.branches[head]
         user_table, item_table = model.user_embedding.weight, model.item_embedding.weight
         kind = HEAD_KINDS[head]
-        cl_items, k = ids.cl_items, self.config.num_interesting
+        learn, k = ids.cl_users is not None, self.config.num_interesting
         if kind == "item":
             user_out = branch(self._rows(user_table, None, index))
             item_out = branch(self._rows(item_table, ids.item_chunk, index))
             loss = sparse_multinomial_loss(branch.score_matrix(item_out, user_out), *ids.item_targets)
-            if cl_items is None:
+            if not learn:
                 return loss, None
             cl_item_rows = branch(self._rows(item_table, ids.cl_unique_items, index))
-            cl_scores = listed_scores(_take(user_out, ids.cl_users), cl_item_rows, ids.cl_item_index, branch.metric)
+            cl_scores = listed_scores(_take(user_out, ids.cl_users), cl_item_rows, ids.cl_unique_lists, branch.metric)
             return loss, consensus_learning_loss(cl_scores, k)
         if kind == "user":
             user_out = branch(self._rows(user_table, ids.user_chunk_and_cl, index))
             item_out = branch(self._rows(item_table, None, index))
             chunk = len(ids.user_chunk)
             loss = sparse_multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), *ids.user_targets)
-            if cl_items is None:
+            if not learn:
                 return loss, None
-            return loss, consensus_learning_loss(listed_scores(user_out[chunk:], item_out, cl_items, branch.metric), k)
+            cl_scores = listed_scores(user_out[chunk:], item_out, ids.cl_all_lists, branch.metric)
+            return loss, consensus_learning_loss(cl_scores, k)
         user_out = branch(self._rows(user_table, ids.users, index))
         item_out = branch(self._rows(item_table, ids.items, index))
         pairs = ids.pair_shape
@@ -415,10 +441,10 @@ class ConCF(nn.Module):
         scores = branch.scores(_take(user_out, ids.user_index[: pairs[0]]),
                                _take(item_out, ids.item_index[:n_pairs], pairs))
         loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
-        if cl_items is None:
+        if not learn:
             return loss, None
-        cl_scores = listed_scores(_take(user_out, ids.user_index[pairs[0]:]), item_out,
-                                  ids.item_index[n_pairs:].view(cl_items.shape), branch.metric)
+        cl_scores = listed_scores(_take(user_out, ids.user_index[pairs[0]:]), item_out, ids.cl_pair_lists,
+                                  branch.metric)
         return loss, consensus_learning_loss(cl_scores, k)
 
     def _batch_ids(self, batch: Batch, learn_consensus: bool) -> _BatchIds:
@@ -427,22 +453,29 @@ class ConCF(nn.Module):
         kinds = {HEAD_KINDS[h] for h in self.config.heads}
         ids = _BatchIds(pair_shape=(len(batch.users), 1 + batch.neg.shape[1]))
         cl_users = distinct(batch.users, self.num_users)[0] if learn_consensus else batch.users[:0]
+        lists = None
         if learn_consensus:
             ids.cl_users = cl_users
-            ids.cl_items = self.consensus[cl_users.cpu()].to(device)
+            lists = self._sorted_consensus.select(cl_users.cpu()).to(device)
         if "pair" in kinds:
             pair_items = torch.cat([batch.pos.unsqueeze(1), batch.neg], dim=1).reshape(-1)
-            items = pair_items if ids.cl_items is None else torch.cat([pair_items, ids.cl_items.reshape(-1)])
+            items = pair_items if lists is None else torch.cat([pair_items, lists.items.reshape(-1)])
             ids.items, ids.item_index = distinct(items, self.num_items)
             ids.users, ids.user_index = distinct(torch.cat([batch.users, cl_users]), self.num_users)
+            if lists is not None:
+                labels = ids.item_index[len(pair_items):].view(lists.items.shape)
+                ids.cl_pair_lists = lists.pattern(labels, len(ids.items))
         if "item" in kinds:
             ids.item_chunk = self._slice(self._item_order, len(batch.users)).to(device)
             ids.item_targets = self._ones(self.item_indptr, self.item_users, ids.item_chunk, device)
-            if ids.cl_items is not None:
-                ids.cl_unique_items, ids.cl_item_index = distinct(ids.cl_items, self.num_items)
+            if lists is not None:
+                ids.cl_unique_items, labels = distinct(lists.items, self.num_items)
+                ids.cl_unique_lists = lists.pattern(labels, len(ids.cl_unique_items))
         if "user" in kinds:
             ids.user_chunk = self._slice(self._user_order, len(batch.users)).to(device)
             ids.user_chunk_and_cl = torch.cat([ids.user_chunk, cl_users])
+            if lists is not None:
+                ids.cl_all_lists = lists.pattern(lists.items, self.num_items)
             ids.user_targets = self._ones(self.split.train_indptr, self.split.train_items, ids.user_chunk, device)
         return ids
 
@@ -461,7 +494,7 @@ class ConCF(nn.Module):
             self._generate_now = False
             self.consensus = self.generate(model)
         ids = self._batch_ids(batch, self.learning_consensus())
-        self._gathered = {}
+        self._gather(model, ids)
         if self.balanced:
             renormalize_(self.weights, cfg.weight_min, cfg.weight_max)
             # Norms captured in the previous backward pass were of w_x·(L^x_CF + α L^x_CL): divide by those w_x.

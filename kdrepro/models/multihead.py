@@ -26,13 +26,49 @@ OBJECTIVES = ("bpr", "cml", "bce", "mse", "user_multinomial", "item_multinomial"
 METRIC_OBJECTIVES = frozenset({"cml"})  # heads scored by negative squared distance
 
 
+def relu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout(ReLU(x)) in training: each entry kept with probability 1 − ``p`` and scaled by 1/(1 − p), as
+    ``nn.Dropout(p)(nn.ReLU()(x))``, with the same distribution but not the same random draws.
+
+    ``nn.Dropout`` draws a float per entry through a Bernoulli sampler (~11 ns per entry on one CPU thread: at
+    ConCF's ~2.8 M hidden entries per batch, an eighth of the step). Here each entry is kept when a 32-bit
+    random word, read as unsigned, is below round((1 − p)·2³²) (a keep probability within 2⁻³² of 1 − p),
+    two words per 64-bit draw of the default generator (so the seed fixes the masks); the backward pass
+    reads the mask from the output (an entry is nonzero exactly when kept and x > 0), so nothing else is saved."""
+    if p == 0.0:
+        return torch.relu(x)
+    return _ReluDropout.apply(x, p)
+
+
+class _ReluDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        words = torch.empty((x.numel() + 1) // 2, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        bits = words.view(torch.int32)[: x.numel()].view(x.shape)
+        # unsigned word < round((1 − p)·2³²)  ⇔  signed word < round((1 − p)·2³²) − 2³¹
+        scale = 1.0 / (1.0 - p)
+        mask = torch.mul(bits < round((1.0 - p) * 2**32) - 2**31, scale)  # 0 or 1/(1 − p)
+        out = x.clamp_min(0.0).mul_(mask)  # (a float mask: a boolean masked_fill is ~6x slower on CPU)
+        ctx.save_for_backward(out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        # the gradient where the output is positive (kept and x > 0), times 1/(1 − p)
+        return torch.ops.aten.threshold_backward(grad, out, 0.0).mul_(ctx.scale), None
+
+
 def project_unit_ball(x: torch.Tensor) -> torch.Tensor:
     """Each row divided by max(1, its norm): rows inside the unit ball are left unchanged."""
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1.0)
 
 
 class Branch(nn.Module):
-    """One head's bottom MLP ``dim → hidden (ReLU, dropout) → out``; ``metric`` adds the unit-ball projection."""
+    """One head's bottom MLP ``dim → hidden (ReLU, dropout) → out``; ``metric`` adds the unit-ball projection.
+    ``mlp`` holds the layers (its parameter names are those of stored models); in training the ReLU and the
+    dropout run as one :func:`relu_dropout`."""
 
     def __init__(self, dim: int, hidden: int, out: int, dropout: float, metric: bool) -> None:
         super().__init__()
@@ -40,7 +76,11 @@ class Branch(nn.Module):
         self.metric = metric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.mlp(x)
+        first, _, dropout, second = self.mlp
+        if dropout.training:
+            out = second(relu_dropout(first(x), dropout.p))
+        else:
+            out = self.mlp(x)
         return project_unit_ball(out) if self.metric else out
 
     def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
