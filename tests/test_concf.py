@@ -28,6 +28,7 @@ from kdrepro.distill.concf import (
     ConCFConfig,
     ConsensusScorer,
     consensus_learning_loss,
+    consensus_learning_losses,
     consensus_ranking,
     consensus_scores,
     consistency_bonus,
@@ -70,6 +71,11 @@ def test_consensus_learning_loss_by_hand():
     expected = -((a - math.log(math.exp(a) + math.exp(b) + math.exp(c) + math.exp(d)))
                  + (b - math.log(math.exp(b) + math.exp(c) + math.exp(d))))
     assert consensus_learning_loss(scores, 2).item() == pytest.approx(expected, rel=1e-6)
+    # every head at once: the same loss per head
+    heads = torch.stack([scores.expand(3, -1), torch.randn(3, 4, generator=torch.Generator().manual_seed(0))])
+    together = consensus_learning_losses(heads, 2)
+    assert together[0].item() == pytest.approx(3 * expected, rel=1e-6)
+    assert together[1].item() == pytest.approx(consensus_learning_loss(heads[1], 2).item(), rel=1e-6)
 
 
 def test_positions_and_consistency_bonus_by_hand():

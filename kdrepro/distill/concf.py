@@ -75,7 +75,7 @@ from kdrepro.distill._concf_kernels import (
     sparse_multinomial_loss,
 )
 from kdrepro.distill.base import check_positive
-from kdrepro.distill.rrd import relaxed_ranking_loss
+from kdrepro.distill.rrd import log_denominators, relaxed_ranking_loss
 from kdrepro.evaluate import gather_rows, rank_full
 from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
 from kdrepro.models.base import Recommender
@@ -135,6 +135,16 @@ def consensus_learning_loss(scores: torch.Tensor, num_interesting: int) -> torch
     """L_CL of one head: ``scores`` (B, N) of the consensus items in consensus order; the first K in
     order above the last N − K (unordered); summed over the batch."""
     return relaxed_ranking_loss(scores[:, :num_interesting], scores[:, num_interesting:])
+
+
+def consensus_learning_losses(scores: torch.Tensor, num_interesting: int) -> torch.Tensor:
+    """(H,) :func:`consensus_learning_loss` of every head at once from ``scores`` (H, B, N): the terms of the
+    relaxed ranking loss (:func:`kdrepro.distill.rrd.log_denominators`, row by row) for all heads' rows in one
+    pass, summed per head (one set of small kernels per batch instead of one per head)."""
+    heads, _, length = scores.shape
+    rows = scores.reshape(-1, length)
+    interesting, uninteresting = rows[:, :num_interesting], rows[:, num_interesting:]
+    return -(interesting - log_denominators(interesting, uninteresting)).view(heads, -1).sum(1)
 
 
 def consistency_bonus(queue: list[torch.Tensor], temperature: float, num_items: int) -> torch.Tensor:
@@ -411,11 +421,12 @@ class ConCF(nn.Module):
 
     def _head_loss(self, model: MultiHeadCF, index: int, head: str, ids: _BatchIds
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """L^x_CF of head ``head`` on this batch, and L^x_CL when the consensus is being learned (else None)."""
+        """L^x_CF of head ``head`` on this batch, and when the consensus is being learned (else None) the head's
+        scores (B_u, N) of the batch users' consensus lists, in consensus order (the input of L^x_CL)."""
         branch = model.branches[head]
         user_table, item_table = model.user_embedding.weight, model.item_embedding.weight
         kind = HEAD_KINDS[head]
-        learn, k = ids.cl_users is not None, self.config.num_interesting
+        learn = ids.cl_users is not None
         if kind == "item":
             user_out = branch(self._rows(user_table, None, index))
             item_out = branch(self._rows(item_table, ids.item_chunk, index))
@@ -423,8 +434,7 @@ class ConCF(nn.Module):
             if not learn:
                 return loss, None
             cl_item_rows = branch(self._rows(item_table, ids.cl_unique_items, index))
-            cl_scores = listed_scores(_take(user_out, ids.cl_users), cl_item_rows, ids.cl_unique_lists, branch.metric)
-            return loss, consensus_learning_loss(cl_scores, k)
+            return loss, listed_scores(_take(user_out, ids.cl_users), cl_item_rows, ids.cl_unique_lists, branch.metric)
         if kind == "user":
             user_out = branch(self._rows(user_table, ids.user_chunk_and_cl, index))
             item_out = branch(self._rows(item_table, None, index))
@@ -432,8 +442,7 @@ class ConCF(nn.Module):
             loss = sparse_multinomial_loss(branch.score_matrix(user_out[:chunk], item_out), *ids.user_targets)
             if not learn:
                 return loss, None
-            cl_scores = listed_scores(user_out[chunk:], item_out, ids.cl_all_lists, branch.metric)
-            return loss, consensus_learning_loss(cl_scores, k)
+            return loss, listed_scores(user_out[chunk:], item_out, ids.cl_all_lists, branch.metric)
         user_out = branch(self._rows(user_table, ids.users, index))
         item_out = branch(self._rows(item_table, ids.items, index))
         pairs = ids.pair_shape
@@ -443,9 +452,8 @@ class ConCF(nn.Module):
         loss = BASE_LOSSES[head](scores[:, 0], scores[:, 1:])
         if not learn:
             return loss, None
-        cl_scores = listed_scores(_take(user_out, ids.user_index[pairs[0]:]), item_out, ids.cl_pair_lists,
-                                  branch.metric)
-        return loss, consensus_learning_loss(cl_scores, k)
+        return loss, listed_scores(_take(user_out, ids.user_index[pairs[0]:]), item_out, ids.cl_pair_lists,
+                                   branch.metric)
 
     def _batch_ids(self, batch: Batch, learn_consensus: bool) -> _BatchIds:
         """Every id the heads of this batch gather, made distinct once for all heads."""
@@ -501,17 +509,19 @@ class ConCF(nn.Module):
             previous = (self._grad_sq.sqrt() / self._grad_weights).to(self.weights.device)
             self._grad_sq.zero_()
             self._grad_weights = self.weights.detach().cpu()
-        losses, cl_losses = [], []
+        losses, cl_scores = [], []
         for index, head in enumerate(cfg.heads):
-            loss, cl = self._head_loss(model, index, head, ids)
+            loss, scores = self._head_loss(model, index, head, ids)
             losses.append(loss)
-            cl_losses.append(cl)
+            cl_scores.append(scores)
         self._pairs_seen += len(batch.users)
         weights = self.weights.detach()
         terms = {}
         for index, head in enumerate(cfg.heads):
             terms[head] = weights[index] * losses[index]
-            if cl_losses[index] is not None:
+        if ids.cl_users is not None:
+            cl_losses = consensus_learning_losses(torch.stack(cl_scores), cfg.num_interesting)
+            for index, head in enumerate(cfg.heads):
                 terms[f"cl/{head}"] = weights[index] * cfg.alpha * cl_losses[index]
         if self.balanced:
             current = torch.stack([loss.detach() for loss in losses])
