@@ -21,7 +21,8 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
   balancing; the holdout 60/20/20 training pairs) before and during consensus learning;
   ``concf_consensus_s``: one consensus generation (every head ranks every user's top-100, queue, consensus),
   ``concf_consolidation_s`` its part after the ranking (the authors' Python loop over users).
-  ``singlecf_epoch_s``: the same model with the BPR head alone. ``--no-methods`` skips them.
+  ``singlecf_epoch_s``: the same model with the BPR head alone. ``--no-methods`` skips them, ``--only-concf``
+  measures only them.
 - ``hetcomp_epoch_s``: one HetComp epoch (MF student dim 6, KD loss only, the six-teacher ensemble's top-100, AKT's
   overall phase) on the holdout split; ``hetcomp_dkc_s``: one knowledge construction (the student's top-50 for
   every user, NDCG distances to 6 × 2 checkpoints, the new ensemble); ``dcd_epoch_s``: one DCD epoch (both
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--no-methods", action="store_true", help="skip the distillation-method epochs")
     parser.add_argument("--no-executors", action="store_true", help="skip the batch of fits through the executors")
     parser.add_argument("--only-executors", action="store_true", help="measure the executors' batch only")
+    parser.add_argument("--only-concf", action="store_true", help="measure the ConCF / SingleCF figures only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -295,6 +297,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.only_executors:
         figures = executor_seconds(sampled)
         print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+        return figures
+    if args.only_concf:
+        figures = concf_seconds(store.split(dataset, "holdout", 0), args.repeats)
+        print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+        print(comparison_table(figures), file=sys.stderr)
         return figures
 
     figures: dict[str, float] = {
