@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 # On the project's CI machines a local CPU wheel satisfies this pin; elsewhere override, e.g.
 #   make test TORCH_SPEC="torch>=2.4"   (any torch >= 2.4 works: fused Adam on CPU)
 TORCH_SPEC ?= torch==2.13.0
-PROFILE ?= quick
+PROFILE ?=
 DATA_DIR_DEFAULT := $(abspath $(wildcard ../shared/data))
 export KDREPRO_DATA_DIR ?= $(DATA_DIR_DEFAULT)
 
@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 report: setup
-	$(BIN)/python run_all.py --profile $(PROFILE)
+	$(BIN)/python run_all.py $(if $(PROFILE),--profile $(PROFILE),--as-published)
 
 benchmark: setup
 	$(BIN)/python -m kdrepro.benchmark

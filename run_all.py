@@ -49,6 +49,7 @@ from kdrepro.book.execute import (
     plan,
     render_only,
     run,
+    run_as_published,
     select,
 )
 from kdrepro.book.params import ParameterError, declared_parameters, parse_parameters
@@ -76,7 +77,10 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    cli.add_argument("--profile", default=profiles.DEFAULT, help=f"{' | '.join(profiles.PROFILES)} (default quick)")
+    cli.add_argument("--profile", default=None, help=f"{' | '.join(profiles.PROFILES)} (default quick)")
+    cli.add_argument("--as-published", action="store_true",
+                     help="rerun each chapter under the profile and -p overrides its published page states "
+                          "(what `make report` does: a paper-campaign page stays a paper page)")
     cli.add_argument(
         "--only",
         action="append",
@@ -150,6 +154,8 @@ def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.Execu
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    profile_given = args.profile is not None
+    args.profile = args.profile or profiles.DEFAULT
     notebooks_dir = Path(args.notebooks_dir)
     try:
         settings = use_executor(args)
@@ -161,17 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.render_only:
             render_only(only=args.only, notebooks_dir=notebooks_dir, reports_dir=args.reports_dir)
             return 0
-        manifests = run(
-            profile=args.profile,
-            params=args.param,
-            only=args.only,
-            notebooks_dir=notebooks_dir,
-            reports_dir=args.reports_dir,
-            force=args.force,
-            kernel=args.kernel,
-            timeout=args.timeout,
-            dry_run=args.dry_run,
-        )
+        if args.as_published:
+            if profile_given or args.param:
+                raise ParameterError("--as-published takes each chapter's profile and -p overrides from its "
+                                     "published page: drop --profile and -p")
+            manifests = run_as_published(only=args.only, notebooks_dir=notebooks_dir, reports_dir=args.reports_dir,
+                                         force=args.force, kernel=args.kernel, timeout=args.timeout,
+                                         dry_run=args.dry_run)
+        else:
+            manifests = run(profile=args.profile, params=args.param, only=args.only, notebooks_dir=notebooks_dir,
+                            reports_dir=args.reports_dir, force=args.force, kernel=args.kernel,
+                            timeout=args.timeout, dry_run=args.dry_run)
     except (ParameterError, RunLocked, ValueError) as exc:
         print(f"run_all.py: error: {exc}", file=sys.stderr)
         return 2

@@ -290,6 +290,21 @@ def test_a_narrowed_run_says_what_the_whole_profile_still_lacks(books, tmp_path,
     assert "Not yet computed" not in (reports / "00_ok.html").read_text(encoding="utf-8")
 
 
+def test_as_published_reruns_each_chapter_under_the_settings_its_page_states(books, tmp_path):
+    reports = tmp_path / "reports"
+    [first] = run(books, reports, ["00_ok"], profile="smoke", params=["X=5", 'NAME="paper-ish"'])
+    profile, params = execute.published_settings(reports, "00_ok")
+    assert profile == "smoke" and sorted(params) == ["00_ok:NAME='paper-ish'", "00_ok:X=5"]
+    assert execute.published_settings(reports, "01_fails") is None
+    [again] = execute.run_as_published(only=["00_ok"], notebooks_dir=books, reports_dir=reports, force=True,
+                                       log=lambda *_: None)
+    assert again["status"] == "ok" and again["started"] != first["started"]
+    assert again["profile"] == "smoke" and again["parameters"]["X"] == 5 and again["parameters"]["NAME"] == "paper-ish"
+    code = run_all.main(["--as-published", "--profile", "quick", "--reports-dir", str(reports),
+                         "--notebooks-dir", str(books), "--only", "00_ok"])
+    assert code == 2, "--as-published takes the profile from the page, not from the command line"
+
+
 def test_published_files_are_world_readable(books, tmp_path):
     reports = tmp_path / "reports"
     run(books, reports, ["00_ok"], profile="smoke")

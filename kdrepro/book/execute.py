@@ -655,6 +655,38 @@ def write_index(
     return path
 
 
+def published_settings(reports_dir: Path, stem: str) -> tuple[str, list[str]] | None:
+    """The profile and command-line overrides (as ``-p STEM:KEY=VALUE``) the published report of ``stem``
+    records, or ``None`` when ``stem`` has no published manifest."""
+    manifest = glance.read_json(Path(reports_dir) / stem / "manifest.json")
+    if not manifest:
+        return None
+    cli = (manifest.get("overrides") or {}).get("cli") or {}
+    return str(manifest.get("profile", profiles.DEFAULT)), [f"{stem}:{key}={value!r}" for key, value in cli.items()]
+
+
+def run_as_published(
+    *,
+    only: Sequence[str] = (),
+    notebooks_dir: Path | str = NOTEBOOKS_DIR,
+    reports_dir: Path | str = REPORTS_DIR,
+    log: Log = print,
+    **options: Any,
+) -> list[dict]:
+    """Rerun each chapter under the profile and ``-p`` overrides its published page states (a chapter never
+    published: the default profile), so that regenerating ``reports/`` keeps each page's own settings (a
+    page from the paper campaign is not replaced by a quick one). Unchanged chapters are skipped as by
+    :func:`run`; ``options`` are :func:`run`'s (force, kernel, timeout, dry_run …)."""
+    notebooks_dir, reports_dir = Path(notebooks_dir).resolve(), Path(reports_dir).resolve()
+    manifests: list[dict] = []
+    for stem in select(discover(notebooks_dir), only):
+        profile, params = published_settings(reports_dir, stem) or (profiles.DEFAULT, [])
+        log(f"[{stem}] as published: profile {profile}" + (f", {' '.join(params)}" if params else ""))
+        manifests += run(profile=profile, params=params, only=[stem], notebooks_dir=notebooks_dir,
+                         reports_dir=reports_dir, log=log, **options)
+    return manifests
+
+
 def render_only(
     *,
     only: Sequence[str] = (),
