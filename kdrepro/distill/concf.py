@@ -516,12 +516,12 @@ class ConCF(nn.Module):
             cl_scores.append(scores)
         self._pairs_seen += len(batch.users)
         weights = self.weights.detach()
+        learned = ids.cl_users is not None
+        cl_losses = consensus_learning_losses(torch.stack(cl_scores), cfg.num_interesting) if learned else None
         terms = {}
         for index, head in enumerate(cfg.heads):
             terms[head] = weights[index] * losses[index]
-        if ids.cl_users is not None:
-            cl_losses = consensus_learning_losses(torch.stack(cl_scores), cfg.num_interesting)
-            for index, head in enumerate(cfg.heads):
+            if learned:
                 terms[f"cl/{head}"] = weights[index] * cfg.alpha * cl_losses[index]
         if self.balanced:
             current = torch.stack([loss.detach() for loss in losses])
