@@ -169,8 +169,9 @@ class _GatheredRows(torch.autograd.Function):
 def sparse_multinomial_loss(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """:func:`kdrepro.objectives.multinomial_loss` of ``scores`` (B, n) with 0/1 targets given by their ones at
     distinct (``rows``, ``cols``): −Σ_b Σ_i y_bi log softmax(s_b)_i = Σ_b n_b · logsumexp(s_b) − Σ_{y_bi=1} s_bi
-    (n_b the ones in row b), with the gradient n_b · softmax(s_b) − y_b written in place into one (B, n) tensor.
-    No dense target matrix and no (B, n) log-softmax is formed (equal to the dense form up to float rounding)."""
+    (n_b the ones in row b), with the gradient n_b · softmax(s_b) − y_b formed in one pass from the exponentials
+    the forward pass keeps. No dense target matrix and no (B, n) log-softmax is formed (equal to the dense form
+    up to float rounding)."""
     return _SparseMultinomial.apply(scores, rows, cols)
 
 
