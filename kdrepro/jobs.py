@@ -72,7 +72,8 @@ EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "c
                  "phr": 1.0, "fitnet": 0.6, "ftd": 0.6,
                  # Tasks (CiteULike, CPU s, one thread). ConCF, six heads (fewer heads: pro rata): a warm-up
                  # epoch, a consensus-learning epoch, one consensus generation (every p epochs); SingleCF.
-                 "concf_warmup": 4.3, "concf_cl": 14.0, "concf_generation": 4.0, "singlecf": 1.3,
+                 # (Scaled by the 2026-12-02 kernel rework's measured ratios: warm-up ×0.86, CL ×0.78.)
+                 "concf_warmup": 3.7, "concf_cl": 10.9, "concf_generation": 4.0, "singlecf": 1.3,
                  # HetComp's 64-d teachers by kind (trajectory jobs); NeuMF's full ranking (a validation,
                  # and the recorder's ranking at a new best) costs this much more per validation.
                  "trajectory_bpr": 0.33, "trajectory_cml": 0.38, "trajectory_lightgcn": 6.7,
