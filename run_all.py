@@ -54,6 +54,7 @@ from kdrepro.book.execute import (
 )
 from kdrepro.book.params import ParameterError, declared_parameters, parse_parameters
 from kdrepro.book.render import notebook_title
+from kdrepro.store import Store
 
 __all__ = ["NOTEBOOKS", "ParameterError", "main", "parse_parameters", "plan", "run"]
 
@@ -148,7 +149,7 @@ def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.Execu
     found = jobs.select_jobs(found, args.match)
     if args.fill:
         jobs.fill(found, settings=settings)
-    print(jobs.format_plan(jobs.plan(found), settings.pool_size if settings.kind == "local" else 1))
+    print(jobs.format_plan(jobs.plan(found, store=Store()), settings.pool_size if settings.kind == "local" else 1))
     return 0
 
 

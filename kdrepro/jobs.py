@@ -821,9 +821,16 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[float]]) -> tuple
     return per_epoch * expected_epochs(job.train), "fallback"
 
 
-def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None = None) -> list[dict]:
+def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None = None,
+         store: Store | None = None) -> list[dict]:
     """One row per (chapter, fit): ``status`` done | missing | stale (recorded under another code digest:
-    never used) and the estimated seconds of the fits to compute (the teachers and task inputs they need included)."""
+    never used) | refit, and the estimated seconds of the fits to compute (the teachers and task inputs they
+    need included).
+
+    ``refit``: a teacher (or a task's input) recorded in the ledger whose weights are not in ``store``
+    (given: the ledger keeps no weights, so on a fresh machine they are gone) while a fit that reads them is
+    still to compute: :func:`run_jobs` trains it again first (the same numbers, on CPU), at its recorded cost.
+    """
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
     timings: dict[tuple, list[float]] = {}
@@ -836,12 +843,20 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
     rows = []
     for chapter, jobs in jobs_by_chapter.items():
         wanted = list({j.key: j for j in [*(d for j in jobs for d in j.requires), *jobs]}.values())
+        recorded = {job.key: ledger.get(job) for job in wanted}
+        read_by_missing = {d.key for j in wanted if recorded[j.key] is None for d in j.requires}
         for job in wanted:
-            if ledger.get(job) is not None:
-                status = "done"
-            else:
+            entry = recorded[job.key]
+            if entry is None:
                 status = "stale" if job.config_key in stale_configs else "missing"
-            seconds, source = estimate_seconds(job, timings) if status != "done" else (0.0, "")
+            elif store is not None and job.key in read_by_missing and store.open(job.kind, job.name, job.key) is None:
+                status = "refit"
+            else:
+                status = "done"
+            if status == "refit" and entry.get("seconds") is not None:
+                seconds, source = float(entry["seconds"]), "ledger"
+            else:
+                seconds, source = estimate_seconds(job, timings) if status != "done" else (0.0, "")
             rows.append({"chapter": chapter, "kind": job.kind, "fit": job.label or job.name, "seed": job.seed,
                          "key": job.key, "status": status, "est_seconds": seconds, "estimate": source})
     return rows
@@ -856,10 +871,11 @@ def format_plan(rows: Sequence[Mapping[str, Any]], workers: int = 1) -> str:
         mine = [r for r in rows if r["chapter"] == chapter]
         todo = [r for r in mine if r["status"] != "done"]
         seconds = sum(r["est_seconds"] for r in todo)
-        counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "missing", "stale")}
+        counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "missing", "stale", "refit")}
         sources = {r["estimate"] for r in todo}
+        refits = f", {counts['refit']} to refit (in the ledger, weights not in this store)" if counts["refit"] else ""
         lines.append(f"{chapter}: {len(mine)} fits, {counts['done']} done, {counts['missing']} missing, "
-                     f"{counts['stale']} stale; to compute ≈ {seconds / 3600:.2f} thread-hours"
+                     f"{counts['stale']} stale{refits}; to compute ≈ {seconds / 3600:.2f} thread-hours"
                      + (f" ({'/'.join(sorted(sources))} timings)" if sources else ""))
         for r in todo:
             lines.append(f"    {r['status']:7s} {r['kind']:10s} {r['fit']} seed {r['seed']}  "

@@ -122,6 +122,26 @@ def test_plan_lists_missing_and_stale_fits(synthetic_splits, tmp_path):
     assert "ch: 6 fits, 1 done, 4 missing, 1 stale" in text
 
 
+def test_plan_lists_a_recorded_teacher_whose_weights_are_gone_as_a_refit(synthetic_splits, tmp_path):
+    split = synthetic_splits["loo_sampled"]
+    ledger = Ledger(tmp_path / "results")
+    work = _jobs(split, tmp_path / "store")
+    teacher = next(j for j in work if j.labels["method"] == "Teacher" and j.seed == 0)
+    run_jobs([teacher], store=Store(tmp_path / "store"), ledger=ledger, settings=ExecutorSettings(),
+             log=lambda _: None)
+    recorded_seconds = ledger.get(teacher)["seconds"]
+    status = {r["key"]: r for r in jobs.plan({"ch": work}, ledger, store=Store(tmp_path / "store"))}
+    assert status[teacher.key]["status"] == "done"  # its weights are here
+    fresh = {r["key"]: r for r in jobs.plan({"ch": work}, ledger, store=Store(tmp_path / "fresh-machine"))}
+    assert fresh[teacher.key]["status"] == "refit" and fresh[teacher.key]["est_seconds"] == recorded_seconds
+    assert "1 to refit (in the ledger, weights not in this store)" in jobs.format_plan(list(fresh.values()))
+    # Nothing left to compute that reads it: no refit.
+    readers = [j for j in work if j.teacher is not None and j.teacher.key == teacher.key]
+    assert readers
+    only_teacher = {r["key"]: r for r in jobs.plan({"ch": [teacher]}, ledger, store=Store(tmp_path / "fresh-machine"))}
+    assert only_teacher[teacher.key]["status"] == "done"
+
+
 def test_match_keeps_the_fits_whose_plan_line_matches_and_their_teachers_stay_required(synthetic_splits, tmp_path):
     work = _jobs(synthetic_splits["loo_sampled"], tmp_path / "store")
     texts = [jobs.job_text(j) for j in work]
