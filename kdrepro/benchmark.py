@@ -5,6 +5,10 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
 
 - ``bpr_epoch_dim200_s`` / ``bpr_epoch_dim20_s``: one BPR epoch over the 115,142 LOO training pairs
   (batch 1024, Adam with weight decay, one sampled negative per pair).
+- ``<model>_epoch_dim<d>_s`` / ``<model>_validation_dim<d>_s``: one training epoch and one validation of
+  each base model of :data:`kdrepro.jobs.BASE_SECONDS` at its measured sizes, on the protocol its chapters
+  use (NeuMF ``loo_sampled``, LightGCN ``loo_full``): the fallback costs of ``run_all.py --plan``, which
+  are one-thread figures (``--threads 1``). ``--no-methods`` skips them.
 - ``eval_full_all_users_s``: full-ranking evaluation of all 5,219 users (dim 200, top-50, training
   items masked), ``loo_full`` test.
 - ``eval_loo_sampled_s``: ``loo_sampled`` test evaluation (1 + 499 candidates per user, dim 200).
@@ -51,6 +55,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -87,6 +92,26 @@ def bpr_epoch_seconds(split: splits.Split, dim: int, repeats: int) -> float:
                                                              progress=False, device="cpu"))
     # Epoch 1 includes one-off allocations; the best later epoch is the steady state.
     return min(h["train_s"] for h in result.history[1:])
+
+
+# The protocol each base model's chapters use (its validation cost depends on it).
+BASE_PROTOCOLS = {"bpr": "loo_sampled", "neumf": "loo_sampled", "lightgcn": "loo_full"}
+
+
+def base_model_seconds(chosen: dict[str, splits.Split], repeats: int) -> dict[str, float]:
+    """One training epoch (the best after the first) and one validation of each base model at the sizes of
+    :data:`kdrepro.jobs.BASE_SECONDS` (BPR's epochs are the ``bpr_epoch_dim*`` figures already)."""
+    figures = {}
+    for name, sizes in jobs.BASE_SECONDS.items():
+        split = chosen[BASE_PROTOCOLS[name]]
+        for dim in sizes:
+            result = fit(ModelConfig(name, dim), split, TrainConfig(epochs=repeats + 1, eval_every=10**6, patience=0,
+                                                                    progress=False, device="cpu"))
+            if name != "bpr":
+                figures[f"{name}_epoch_dim{dim}_s"] = min(h["train_s"] for h in result.history[1:])
+            validation = partial(evaluate, result.model, split, "valid")
+            figures[f"{name}_validation_dim{dim}_s"] = _best(validation, repeats)
+    return figures
 
 
 # figure name → (protocol of its chapter, registry spec, per-method config overrides)
@@ -316,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["eval_loo_sampled_s"] = _best(lambda: evaluate(model, sampled, "test"), args.repeats)
 
     if not args.no_methods:
+        figures.update(base_model_seconds({"loo_sampled": sampled, "loo_full": full}, args.repeats))
         figures.update(method_epoch_seconds(sampled, full, args.repeats))
         figures.update(concf_seconds(store.split(dataset, "holdout", 0), args.repeats))
         figures.update(hetcomp_seconds(store.split(dataset, "holdout", 0), args.repeats))

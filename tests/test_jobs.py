@@ -224,3 +224,23 @@ def test_the_ledger_s_held_out_ranks_give_every_per_user_metric(synthetic_splits
     assert set(from_ranks) == set(direct) - {"user"}
     for name, values in from_ranks.items():
         np.testing.assert_allclose(values.numpy(), direct[name], rtol=0, atol=1e-6)
+
+
+def test_fallback_costs_follow_the_base_model_and_its_size_and_count_validations():
+    assert jobs.base_seconds("bpr", 20) == jobs.BASE_SECONDS["bpr"][20]
+    mid = jobs.base_seconds("lightgcn", 110)  # halfway between the measured sizes 20 and 200: halfway in cost
+    measured = jobs.BASE_SECONDS["lightgcn"].values()
+    assert mid == pytest.approx(tuple((a + b) / 2 for a, b in zip(*measured, strict=True)))
+    assert jobs.base_seconds("lightgcn", 1) == jobs.BASE_SECONDS["lightgcn"][20]  # never under the small size
+    assert jobs.base_seconds("cml", 200) == jobs.BASE_SECONDS["bpr"][200]  # unmeasured: BPR-MF's cost
+
+    def teacher(name: str, dim: int, eval_every: int) -> jobs.FitJob:
+        return jobs.FitJob(kind="models", dataset="citeulike-t", split=("s", "k"), seed=0,
+                           model={"name": name, "dim": dim},
+                           train={"epochs": 100, "patience": 0, "eval_every": eval_every})
+
+    epoch_s, validation_s = jobs.BASE_SECONDS["neumf"][250]
+    seconds, source = jobs.estimate_seconds(teacher("neumf", 250, 1), {})
+    assert source == "fallback" and seconds == pytest.approx(100 * (epoch_s + validation_s))
+    assert jobs.estimate_seconds(teacher("neumf", 250, 10), {})[0] == pytest.approx(100 * epoch_s + 10 * validation_s)
+    assert jobs.estimate_seconds(teacher("bpr", 200, 1), {})[0] < seconds / 5
