@@ -49,6 +49,19 @@ def test_fidelity_table_passes_a_fast_mean_within_one_exact_standard_error():
     assert one_seed["verdict"].tolist() == ["no standard error (one seed)"]
 
 
+def test_fidelity_fit_times_average_each_precision_over_seeds():
+    exact = pd.DataFrame({"base": "bpr", "method": ["DE", "DE", "HTD"], "seed": [0, 1, 0],
+                          "seconds": [600.0, 700.0, 900.0], "epoch_s": [6.0, 7.0, 9.0]})
+    fast = exact.assign(seconds=exact["seconds"] / 2, epoch_s=exact["epoch_s"] / 2, precision="bf16")
+    times = compare.fidelity_fit_times(exact, fast).set_index(["method", "precision"])
+    assert times.loc[("DE", "fp32"), "seconds"] == pytest.approx(650.0)
+    assert times.loc[("DE", "bf16"), "epoch_s"] == pytest.approx(3.25)
+    assert times.loc[("HTD", "bf16"), "seconds"] == pytest.approx(450.0)
+    assert len(times) == 4
+    unlabelled = compare.fidelity_fit_times(exact, fast.drop(columns="precision"), precision="bf16")
+    assert unlabelled.equals(times.reset_index()[unlabelled.columns])
+
+
 def test_precision_runs_set_the_precision_of_every_part_that_has_one():
     de_rrd, htd = runs.precision_runs(["DE-RRD", "HTD"], "bf16")
     assert de_rrd.overrides == {"de": {"precision": "bf16"}} and de_rrd.keys == {"precision": "bf16"}

@@ -228,3 +228,14 @@ def fidelity_table(exact: pd.DataFrame, fast: pd.DataFrame, metrics: Sequence[st
                                 np.where(inside, "within 1 SE", "outside 1 SE"))
     return table.rename(columns={"mean_exact": "exact_mean", "mean_fast": "fast_mean", "count_exact": "n_seeds"})[
         [*keys, "exact_mean", "exact_se", "fast_mean", "difference", "verdict", "n_seeds"]]
+
+
+def fidelity_fit_times(exact_fits: pd.DataFrame, fast_fits: pd.DataFrame, precision: str = "bf16") -> pd.DataFrame:
+    """Mean fit and epoch seconds of the exact runs ("fp32") and the fast ones, per base, method and precision.
+
+    ``exact_fits`` / ``fast_fits``: fit records (``base, method, seconds, epoch_s``, one row per seed) of the
+    same methods; the fast ones carry their ``precision`` column (else ``precision`` is assumed).
+    """
+    fast = fast_fits if "precision" in fast_fits else fast_fits.assign(precision=precision)
+    both = pd.concat([exact_fits.assign(precision="fp32"), fast])
+    return both.groupby(["base", "method", "precision"], sort=False)[["seconds", "epoch_s"]].mean().reset_index()
