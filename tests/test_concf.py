@@ -22,6 +22,7 @@ from kdrepro.distill._concf_kernels import (
     rank_top_n,
     ranking_tables,
     sparse_multinomial_loss,
+    top_n_columns,
 )
 from kdrepro.distill.concf import (
     ConCF,
@@ -284,9 +285,29 @@ def test_ranking_kernel_matches_rank_full(split):
         assert torch.equal(ranked, expected), head
 
 
+def test_top_n_columns_match_a_stable_descending_sort():
+    """Exact top-N by the segment-maximum threshold: the columns of a stable descending sort (ties by lower
+    column), for negative, infinite, masked, tied and signed-zero scores and widths that do not divide."""
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randn(7, 25181, generator=generator),
+             -torch.rand(5, 2600, generator=generator) - 1.0,  # every score negative
+             torch.randint(0, 40, (6, 2501), generator=generator).float(),  # many exact ties
+             torch.randn(4, 3001, generator=generator).mul(1e-30)]  # subnormal and tiny magnitudes
+    cases[0][0, ::3] = -torch.inf  # masked training items
+    cases[0][1, :50] = torch.inf
+    cases[2][0, :1000] = 0.0
+    cases[2][0, 1000:2000] = -0.0
+    for scores in cases:
+        for top_n in (10, 100):
+            expected = scores.sort(dim=1, descending=True, stable=True).indices[:, :top_n]
+            assert torch.equal(top_n_columns(scores, top_n), expected), (scores.shape, top_n)
+    narrow = torch.randint(0, 3, (3, 40), generator=generator).float()  # fewer segments than top_n: the sort
+    assert torch.equal(top_n_columns(narrow, 5), narrow.sort(dim=1, descending=True, stable=True).indices[:, :5])
+
+
 def test_queue_positions_and_consensus_kernels_match_the_plain_formulation():
     generator = torch.Generator().manual_seed(0)
-    num_users, num_items, top_n = 9, 50, 12
+    num_users, num_items, top_n = 9, 2000, 12  # 80 segments of 25 items: top_n_columns' own path
     queue = [torch.stack([torch.randperm(num_items, generator=generator)[:top_n] for _ in range(num_users)])
              for _ in range(4)]
     expected = torch.stack([positions_in(past, queue[-1]) for past in queue])
@@ -296,11 +317,11 @@ def test_queue_positions_and_consensus_kernels_match_the_plain_formulation():
     bonus[0, :, :4] = 0.0  # exact ties between heads (same position, no bonus) as in practice
     bonus[1, :, :4] = 0.0
     dense = consensus_scores(rankings, bonus, num_items, 10.0, 1.0)
-    assert torch.equal(consensus_ranking(rankings, bonus, num_items, 10.0, 1.0, top_n),
-                       dense.topk(top_n, dim=1).indices)
+    expected = dense.sort(dim=1, descending=True, stable=True).indices[:, :top_n]  # ties: the lower item first
+    assert torch.equal(consensus_ranking(rankings, bonus, num_items, 10.0, 1.0, top_n), expected)
     listed = rankings.permute(1, 0, 2).reshape(num_users, -1)
     values = (torch.exp(-torch.arange(top_n) / 10.0) + bonus).permute(1, 0, 2).reshape(num_users, -1)
-    assert torch.equal(consensus_top_n(listed, values, num_items, top_n, chunk=4), dense.topk(top_n, dim=1).indices)
+    assert torch.equal(consensus_top_n(listed, values, num_items, top_n, chunk=4), expected)
 
 
 def test_distinct_and_sparse_multinomial_match_the_plain_formulation():

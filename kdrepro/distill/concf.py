@@ -179,8 +179,9 @@ def consensus_ranking(
     rankings: torch.Tensor, bonus: torch.Tensor, num_items: int, temperature: float, consistency_weight: float,
     top_n: int,
 ) -> torch.Tensor:
-    """(U, top_n) items by decreasing consensus score: ``consensus_scores(...).topk(top_n)``, computed a few users
-    at a time (:func:`kdrepro.distill._concf_kernels.consensus_top_n`)."""
+    """(U, top_n) items by decreasing consensus score, ties by increasing item: the first ``top_n`` of a stable
+    descending sort of ``consensus_scores(...)``, computed a few users at a time
+    (:func:`kdrepro.distill._concf_kernels.consensus_top_n`)."""
     num_users = rankings.shape[1]
     values = consensus_values(bonus, temperature, consistency_weight)
     return consensus_top_n(rankings.permute(1, 0, 2).reshape(num_users, -1),
