@@ -812,6 +812,19 @@ def expected_epochs(train: Mapping[str, Any]) -> int:
     return int(min(train["epochs"], EARLY_STOPPED_EPOCHS))
 
 
+@dataclass(frozen=True)
+class Timing:
+    """A recorded fit's cost: seconds, epochs run and its schedule (:func:`_schedule`)."""
+
+    seconds: float
+    epochs: int | None
+    schedule: tuple
+
+
+def _schedule(train: Mapping[str, Any]) -> tuple:
+    return (train.get("epochs"), train.get("patience"), train.get("eval_every"))
+
+
 def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
     if job_or_entry.get("task"):  # same task, model and parameters: any seed, train settings or code
         return (job_or_entry["dataset"], job_or_entry["task"], json.dumps(job_or_entry["model"], sort_keys=True),
@@ -819,13 +832,21 @@ def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
     return (job_or_entry["dataset"], job_or_entry["spec"], job_or_entry["model"]["name"], job_or_entry["model"]["dim"])
 
 
-def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[float]]) -> tuple[float, str]:
-    """Seconds ``job`` should take: the median of the ledger's fits of its class (dataset, method, model,
-    dim), else the fallback costs: (the base model's epoch, :func:`base_seconds`, plus each method's extra,
-    :data:`EPOCH_SECONDS`) × :func:`expected_epochs`, plus a validation every ``eval_every`` epochs."""
+def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tuple[float, str]:
+    """Seconds ``job`` should take, from the ledger's fits of its class (dataset, method, model, dim; a task's:
+    task, model, parameters): the median of those trained under the same schedule (epochs, patience,
+    validation interval), else their median seconds per epoch × :func:`expected_epochs` ("ledger per epoch":
+    DE's 101-epoch runs say little about a 1000-epoch schedule's whole cost). Without any, the fallback
+    costs: (the base model's epoch, :func:`base_seconds`, plus each method's extra, :data:`EPOCH_SECONDS`) ×
+    :func:`expected_epochs`, plus a validation every ``eval_every`` epochs."""
     seen = timings.get(_cost_class(job.to_dict()))
     if seen:
-        return float(np.median(seen)), "ledger"
+        same = [t.seconds for t in seen if job.task or t.schedule == _schedule(job.train)]
+        if same:
+            return float(np.median(same)), "ledger"
+        per_epoch = [t.seconds / t.epochs for t in seen if t.epochs]
+        if per_epoch:
+            return float(np.median(per_epoch)) * expected_epochs(job.train), "ledger per epoch"
     if job.task:
         return task(job.task).seconds(job), "fallback"
     epoch_s, validation_s = base_seconds(job.model["name"], int(job.model["dim"]))
@@ -856,12 +877,13 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
     """
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
-    timings: dict[tuple, list[float]] = {}
+    timings: dict[tuple, list[Timing]] = {}
     stale_configs: set[str] = set()
     for entry in entries:
         job = entry.get("job")
         if job and entry.get("seconds") is not None and entry.get("threads"):
-            timings.setdefault(_cost_class(job), []).append(float(entry["seconds"]))
+            timing = Timing(float(entry["seconds"]), entry.get("epochs_run"), _schedule(job.get("train", {})))
+            timings.setdefault(_cost_class(job), []).append(timing)
         stale_configs.add(entry.get("config_key", ""))
     rows = []
     for chapter, jobs in jobs_by_chapter.items():

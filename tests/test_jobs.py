@@ -244,3 +244,18 @@ def test_fallback_costs_follow_the_base_model_and_its_size_and_count_validations
     assert source == "fallback" and seconds == pytest.approx(100 * (epoch_s + validation_s))
     assert jobs.estimate_seconds(teacher("neumf", 250, 10), {})[0] == pytest.approx(100 * epoch_s + 10 * validation_s)
     assert jobs.estimate_seconds(teacher("bpr", 200, 1), {})[0] < seconds / 5
+
+
+def test_ledger_estimates_use_the_same_schedule_else_seconds_per_epoch():
+    def job(epochs: int, patience: int) -> jobs.FitJob:
+        return jobs.FitJob(kind="students", dataset="citeulike-t", split=("s", "k"), seed=0, spec="de",
+                           model={"name": "bpr", "dim": 20},
+                           train={"epochs": epochs, "patience": patience, "eval_every": 1})
+
+    short = job(101, 0)
+    timings = {jobs._cost_class(short.to_dict()): [jobs.Timing(500.0, 101, (101, 0, 1)),
+                                                    jobs.Timing(700.0, 101, (101, 0, 1))]}
+    assert jobs.estimate_seconds(short, timings) == (600.0, "ledger")
+    # A 1000-epoch early-stopped schedule: the recorded cost per epoch × the epochs it is expected to run.
+    seconds, source = jobs.estimate_seconds(job(1000, 20), timings)
+    assert source == "ledger per epoch" and seconds == pytest.approx(600.0 / 101 * jobs.EARLY_STOPPED_EPOCHS)
