@@ -211,14 +211,23 @@ def _counts_text(row: pd.Series, kind: str) -> str:
     return " / ".join(str(int(v)) for v in values)
 
 
+def _nothing_judged(row: pd.Series) -> bool:
+    """Every kind recorded and every count zero: the report's run left that table's comparisons out (a
+    design study with one variant, a sweep with one point)."""
+    values = [row[f"{kind}_{level}"] for kind in KINDS for level in LEVELS]
+    return not any(pd.isna(v) for v in values) and sum(values) == 0
+
+
 def readme_table(card: pd.DataFrame) -> str:
     """The scorecard as a Markdown table for the README: per chapter and paper table, reproduced /
-    partially / not for cells, gains and claims, and the profile the report ran under."""
+    partially / not for cells, gains and claims, and the profile the report ran under. A table whose
+    comparisons the run left out reads "not run in this profile" rather than three rows of zeros."""
     lines = ["| chapter | paper table | profile | cells (r / p / n) | gains (r / p / n) | claims (r / p / n) |",
              "|---|---|---|---|---|---|"]
     for _, row in card.iterrows():
-        lines.append(f"| {row['chapter']} | {row['table'] or '–'} | {row['profile']} | "
-                     f"{_counts_text(row, 'cells')} | {_counts_text(row, 'gains')} | {_counts_text(row, 'claims')} |")
+        verdicts = (["not run in this profile"] * 3 if _nothing_judged(row)
+                    else [_counts_text(row, kind) for kind in KINDS])
+        lines.append(f"| {row['chapter']} | {row['table'] or '–'} | {row['profile']} | " + " | ".join(verdicts) + " |")
     if card.empty:
         lines.append("| – | no chapter report with verdicts yet | | | | |")
     return "\n".join(lines) + "\n"

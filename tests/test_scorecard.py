@@ -111,3 +111,12 @@ def test_a_report_without_any_verdict_is_listed_with_nothing_counted(tmp_path):
     assert list(card.index) == ["05_ir"] and card.loc["05_ir", ["cells_not", "gains_not", "claims_not"]].isna().all()
     assert "| 05_ir | – | quick | not recorded | not recorded | not recorded |" in scorecard.readme_table(
         scorecard.scorecard(scorecard.load_reports(tmp_path)))
+
+
+def test_a_table_the_run_left_out_reads_not_run_rather_than_zeros(tmp_path):
+    nothing = {kind: {"reproduced": 0, "partially": 0, "not": 0} for kind in scorecard.KINDS}
+    write_chapter(tmp_path, "01_de", {"verdicts": {"tables": {"table2": BLOCK, "table4_design": nothing}}})
+    table = scorecard.readme_table(scorecard.scorecard(scorecard.load_reports(tmp_path)))
+    assert "| 01_de | table4_design | paper | not run in this profile | not run in this profile | " \
+           "not run in this profile |" in table
+    assert "| 01_de | table2 | paper | 5 / 1 / 2 | 3 / 0 / 1 | 4 / 1 / 0 |" in table
