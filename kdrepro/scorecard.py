@@ -191,13 +191,21 @@ def tradeoff_plot(points: pd.DataFrame, protocol: str, ax=None) -> Figure:
     return fig
 
 
+def _nothing_judged(row: pd.Series) -> bool:
+    """Every kind recorded and every count zero: the report's run left that table's comparisons out (a
+    design study with one variant, a sweep with one point)."""
+    values = [row[f"{kind}_{level}"] for kind in KINDS for level in LEVELS]
+    return not any(pd.isna(v) for v in values) and sum(values) == 0
+
+
 def totals(card: pd.DataFrame) -> dict[str, str]:
     """The index headline: per kind, "reproduced / partially / not" summed over the scorecard's rows that
-    recorded it (with how many rows did), or "not recorded"."""
+    recorded it (with how many rows did; a table the run left out is not counted), or "not recorded"."""
     out = {}
+    judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
     for kind in KINDS:
         columns = [f"{kind}_{level}" for level in LEVELS]
-        recorded = card.dropna(subset=columns)
+        recorded = judged.dropna(subset=columns)
         out[f"{kind}: reproduced / partially / not"] = (
             " / ".join(str(int(recorded[c].sum())) for c in columns) + f" ({len(recorded)} tables)"
             if len(recorded) else "not recorded")
@@ -209,13 +217,6 @@ def _counts_text(row: pd.Series, kind: str) -> str:
     if any(pd.isna(v) for v in values):
         return "not recorded"
     return " / ".join(str(int(v)) for v in values)
-
-
-def _nothing_judged(row: pd.Series) -> bool:
-    """Every kind recorded and every count zero: the report's run left that table's comparisons out (a
-    design study with one variant, a sweep with one point)."""
-    values = [row[f"{kind}_{level}"] for kind in KINDS for level in LEVELS]
-    return not any(pd.isna(v) for v in values) and sum(values) == 0
 
 
 def readme_table(card: pd.DataFrame) -> str:

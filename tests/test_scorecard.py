@@ -120,3 +120,5 @@ def test_a_table_the_run_left_out_reads_not_run_rather_than_zeros(tmp_path):
     assert "| 01_de | table4_design | paper | not run in this profile | not run in this profile | " \
            "not run in this profile |" in table
     assert "| 01_de | table2 | paper | 5 / 1 / 2 | 3 / 0 / 1 | 4 / 1 / 0 |" in table
+    assert scorecard.totals(scorecard.scorecard(scorecard.load_reports(tmp_path)))[
+        "cells: reproduced / partially / not"] == "5 / 1 / 2 (1 tables)"
