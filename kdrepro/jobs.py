@@ -91,6 +91,11 @@ EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "c
                  "neumf_ranking": 58.0,
                  # HetComp's MF students (dim 6): whole epochs, and one knowledge construction (every p epochs).
                  "hetcomp": 0.96, "dcd": 3.1, "ensemble_rrd": 0.55, "knowledge_construction": 1.4}
+# PHR's extra grows with the personalization network's hidden width H (one d_t × d_s bridge per hidden unit):
+# EPOCH_SECONDS["phr"] is its cost at H = PHR_MEASURED_HIDDEN, plus this per further unit (one thread, BPR
+# student on CiteULike, 2026-12-06: H = 8 ≈ 1.1 s, H = 64 ≈ 5.3 s an epoch over the student's own).
+PHR_MEASURED_HIDDEN = 8
+PHR_SECONDS_PER_HIDDEN = 0.075
 # Epochs an early-stopped fit is assumed to run before the ledger knows (the papers' BPR runs stop after
 # 100-300 epochs at lr 1e-3).
 EARLY_STOPPED_EPOCHS = 200
@@ -850,10 +855,23 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tupl
     if job.task:
         return task(job.task).seconds(job), "fallback"
     epoch_s, validation_s = base_seconds(job.model["name"], int(job.model["dim"]))
-    per_epoch = epoch_s + sum(EPOCH_SECONDS.get(n, 1.0) for n in (job.spec or "").split("+") if n)
+    per_epoch = epoch_s + sum(method_epoch_seconds(job, n) for n in (job.spec or "").split("+") if n)
     epochs = expected_epochs(job.train)
     validations = epochs // max(1, int(job.train.get("eval_every", 1)))
     return per_epoch * epochs + validation_s * validations, "fallback"
+
+
+def method_epoch_seconds(job: FitJob, method: str) -> float:
+    """Fallback seconds one epoch of ``method`` adds to ``job``'s student (:data:`EPOCH_SECONDS`, 1 s for a
+    method not listed); PHR's grow with its hidden width (``hidden=None``: HyperKDMA's (d_t + d_t·d_s) / 2)."""
+    seconds = EPOCH_SECONDS.get(method, 1.0)
+    if method != "phr":
+        return seconds
+    hidden = (job.configs.get("phr") or {}).get("hidden")
+    if hidden is None:
+        d_t = int(job.teacher.model["dim"]) if job.teacher is not None else int(job.model["dim"])
+        hidden = (d_t + d_t * (job.student_repr or int(job.model["dim"]))) // 2
+    return seconds + max(0, int(hidden) - PHR_MEASURED_HIDDEN) * PHR_SECONDS_PER_HIDDEN
 
 
 def base_seconds(model: str, dim: int) -> tuple[float, float]:

@@ -135,11 +135,12 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "ANNEAL_EPOCHS": 10,
             "GRID_LAMBDA_DE": [0.01],
             "GRID_NUM_EXPERTS": [1, 30],
-            "PHR_HIDDEN": 8,  # PHR's width: 4.5 s an epoch on one thread (64: 25 s; HyperKDMA's 2100: 300-600 s)
+            "PHR_HIDDEN": 8,  # PHR's width (one thread, beside two busy cores, 2026-12-06: 2.1 s an epoch; 64: 9.3 s)
         },
         "paper": {
-            # HyperKDMA's width (d_t + d_t d_s) / 2 = 2100 costs an estimated 300-600 s an epoch on one CPU
-            # thread; 64 (25 s, measured on a busy machine) is the largest that keeps a fit within hours.
+            # HyperKDMA's width (d_t + d_t d_s) / 2 = 2100 costs an estimated 150-300 s an epoch on one CPU
+            # thread (jobs.PHR_SECONDS_PER_HIDDEN); 64 (9.3 s an epoch on one thread of a busy machine, about
+            # 20-30 min a fit) is the largest that keeps chapter 02's 6 PHR fits within a few hours.
             "PHR_HIDDEN": 64,
         },
     },

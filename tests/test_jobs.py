@@ -246,6 +246,24 @@ def test_fallback_costs_follow_the_base_model_and_its_size_and_count_validations
     assert jobs.estimate_seconds(teacher("bpr", 200, 1), {})[0] < seconds / 5
 
 
+def test_fallback_cost_of_phr_grows_with_its_hidden_width():
+    def phr(hidden: int | None) -> jobs.FitJob:
+        teacher = jobs.FitJob(kind="models", dataset="citeulike-t", split=("s", "k"), seed=0,
+                              model={"name": "bpr", "dim": 200}, train={"epochs": 10, "patience": 0, "eval_every": 1})
+        return jobs.FitJob(kind="students", dataset="citeulike-t", split=("s", "k"), seed=0, spec="phr",
+                           model={"name": "bpr", "dim": 20}, configs={"phr": {"hidden": hidden}}, teacher=teacher,
+                           student_repr=20, train={"epochs": 10, "patience": 0, "eval_every": 1})
+
+    measured = jobs.EPOCH_SECONDS["phr"]
+    assert jobs.method_epoch_seconds(phr(jobs.PHR_MEASURED_HIDDEN), "phr") == measured
+    assert jobs.method_epoch_seconds(phr(64), "phr") == pytest.approx(measured + 56 * jobs.PHR_SECONDS_PER_HIDDEN)
+    # None: HyperKDMA's width (200 + 200 * 20) / 2 = 2100 hidden units.
+    assert jobs.method_epoch_seconds(phr(None), "phr") == pytest.approx(measured + 2092 * jobs.PHR_SECONDS_PER_HIDDEN)
+    epoch_s, validation_s = jobs.base_seconds("bpr", 20)
+    assert jobs.estimate_seconds(phr(64), {})[0] == pytest.approx(
+        10 * (epoch_s + measured + 56 * jobs.PHR_SECONDS_PER_HIDDEN + validation_s))
+
+
 def test_ledger_estimates_use_the_same_schedule_else_seconds_per_epoch():
     def job(epochs: int, patience: int) -> jobs.FitJob:
         return jobs.FitJob(kind="students", dataset="citeulike-t", split=("s", "k"), seed=0, spec="de",
