@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from kdrepro.evaluate import rank_full
 from kdrepro.splits import Split
+from kdrepro.train import PLAN_FILE_ENV
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -27,8 +29,12 @@ def time_recommend_all(
 ) -> float:
     """Best-of-``repeats`` wall seconds to produce top-``top_n`` lists (training items masked) for all users.
 
-    Runs on the model's current device (CPU or CUDA); one untimed warm-up pass first.
+    Runs on the model's current device (CPU or CUDA); one untimed warm-up pass first. Refused while a
+    chapter is executed to enumerate its fits (``--plan``): a timing fits nothing, and NeuMF's lists for all
+    users take minutes.
     """
+    if os.environ.get(PLAN_FILE_ENV):
+        raise RuntimeError(f"planning mode ({PLAN_FILE_ENV} is set): fits are enumerated, timings not measured")
     device = next(model.parameters()).device
     model.eval()
 

@@ -316,6 +316,8 @@ class FitJob:
         """What decides the fit (hashed into its key, recorded in its ledger entry)."""
         train = teachers.relevant_train(TrainConfig(**self.train))
         out = {"split": self.split[1], "model": self.model, "train": train, "seed": self.seed, "code": self.code}
+        if self.kind == MODULE_KIND:  # the same training as the students fit, but another artefact: its own key
+            out["keep_module"] = True
         if self.task:
             return {**out, "task": self.task, "params": dict(self.params), "inputs": [j.key for j in self.inputs]}
         if self.spec is not None:
@@ -889,9 +891,10 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
     never used) | refit, and the estimated seconds of the fits to compute (the teachers and task inputs they
     need included).
 
-    ``refit``: a teacher (or a task's input) recorded in the ledger whose weights are not in ``store``
-    (given: the ledger keeps no weights, so on a fresh machine they are gone) while a fit that reads them is
-    still to compute: :func:`run_jobs` trains it again first (the same numbers, on CPU), at its recorded cost.
+    ``refit``: a fit recorded in the ledger whose weights are not in ``store`` (given: the ledger keeps no
+    weights, so on a fresh machine they are gone) while something reads them: a teacher (or a task's input)
+    of a fit still to compute, or a ``kd_modules`` fit (kept for its trained module, which a chapter's analysis
+    loads). :func:`run_jobs` trains it again (the same numbers, on CPU), at its recorded cost.
     """
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
@@ -912,7 +915,8 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
             entry = recorded[job.key]
             if entry is None:
                 status = "stale" if job.config_key in stale_configs else "missing"
-            elif store is not None and job.key in read_by_missing and store.open(job.kind, job.name, job.key) is None:
+            elif (store is not None and (job.key in read_by_missing or job.kind == MODULE_KIND)
+                  and store.open(job.kind, job.name, job.key) is None):
                 status = "refit"
             else:
                 status = "done"

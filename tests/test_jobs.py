@@ -142,6 +142,25 @@ def test_plan_lists_a_recorded_teacher_whose_weights_are_gone_as_a_refit(synthet
     assert only_teacher[teacher.key]["status"] == "done"
 
 
+def test_a_kept_module_is_its_own_fit_in_the_plan_and_a_refit_where_its_weights_are_gone(synthetic_splits, tmp_path):
+    split = synthetic_splits["loo_sampled"]
+    ledger = Ledger(tmp_path / "results")
+    setting = _setting(split, tmp_path / "store")
+    student = runs.kd_job(setting, runs.KDRun("RRD"), "bpr", 0)
+    with_module = runs.kd_job(setting, runs.KDRun("RRD"), "bpr", 0, kind=jobs.MODULE_KIND)
+    # The same training, another artefact: a recorded student does not stand for the module a section loads.
+    assert with_module.key != student.key and with_module.config_key != student.config_key
+    run_jobs([student, with_module], store=Store(tmp_path / "store"), ledger=ledger, settings=ExecutorSettings(),
+             log=lambda _: None)
+    assert ledger.get(student)["test"] == ledger.get(with_module)["test"]  # bit-identical on CPU
+    here = {r["key"]: r["status"] for r in jobs.plan({"ch": [student, with_module]}, ledger,
+                                                      store=Store(tmp_path / "store"))}
+    assert here == {student.key: "done", with_module.key: "done", student.teacher.key: "done"}
+    fresh = {r["key"]: r["status"] for r in jobs.plan({"ch": [student, with_module]}, ledger,
+                                                       store=Store(tmp_path / "fresh-machine"))}
+    assert fresh == {student.key: "done", with_module.key: "refit", student.teacher.key: "done"}
+
+
 def test_match_keeps_the_fits_whose_plan_line_matches_and_their_teachers_stay_required(synthetic_splits, tmp_path):
     work = _jobs(synthetic_splits["loo_sampled"], tmp_path / "store")
     texts = [jobs.job_text(j) for j in work]

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from kdrepro.efficiency import count_parameters
+from kdrepro.efficiency import count_parameters, time_recommend_all
 from kdrepro.models import MODELS, ModelConfig, build
+from kdrepro.train import PLAN_FILE_ENV
 
 
 @pytest.mark.parametrize("name", ["bpr", "neumf", "lightgcn", "cml"])
@@ -80,3 +81,12 @@ def test_pairwise_dot_both_paths_equal_bmm(candidates):
     torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-4)
     for got, want in zip(torch.autograd.grad(scores.square().sum(), (users, items)), grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_timing_is_measured_but_refused_while_a_chapter_is_planned(synthetic_splits, monkeypatch, tmp_path):
+    split = synthetic_splits["holdout"]
+    model = build(ModelConfig("bpr", 4), split)
+    assert time_recommend_all(model, split, 10, repeats=1) > 0
+    monkeypatch.setenv(PLAN_FILE_ENV, str(tmp_path / "plan.jsonl"))
+    with pytest.raises(RuntimeError, match="planning mode"):
+        time_recommend_all(model, split, 10, repeats=1)
