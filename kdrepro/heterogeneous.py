@@ -252,7 +252,8 @@ def dynamics_summary(dynamics: pd.DataFrame, method: str = "HetComp") -> pd.Data
     """Mean share of (teacher, user) pairs at each checkpoint per epoch (over teachers and seeds)."""
     rows = dynamics[dynamics["method"] == method]
     shares = [c for c in rows.columns if c.startswith("v") and c[1:].isdigit()]
-    return rows.groupby("epoch", sort=True)[[*shares, "detailed_share"]].mean().reset_index()
+    summary = rows.groupby("epoch", sort=True)[[*shares, "detailed_share"]].mean().reset_index()
+    return summary.astype({"epoch": int})  # an epoch, not a float (the frame's other methods hold NaN there)
 
 
 def dynamics_plot(dynamics: pd.DataFrame, method: str = "HetComp", ax=None):

@@ -132,6 +132,10 @@ def test_chapter_07_jobs_are_planned_filled_once_and_read_from_the_ledger(synthe
     assert all(r.loaded for r in runs) and students.fits["loaded"].all()  # nothing trained again
     assert set(students.results["method"]) == {"Student", "DCD", "HetComp"}
     assert not students.dynamics[students.dynamics["method"] == "HetComp"].empty
+    summary = het.dynamics_summary(students.dynamics)
+    assert summary["epoch"].dtype.kind == "i" and summary["epoch"].is_monotonic_increasing
+    shares = summary[[c for c in summary.columns if c.startswith("v")]]
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-6)  # every (teacher, user) pair at one checkpoint
     assert runs[0].rankings.shape == (2, split.num_users, 30) and runs[0].epochs[-1] == runs[0].metrics["best_epoch"]
     assert het.teacher_table(runs, split)["epochs_run"].tolist() == [4, 4]  # epochs, not validations
     assert jobs.plan({"07": recorded})[0]["status"] == "done"
