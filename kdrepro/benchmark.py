@@ -8,7 +8,10 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
 - ``<model>_epoch_dim<d>_s`` / ``<model>_validation_dim<d>_s``: one training epoch and one validation of
   each base model of :data:`kdrepro.jobs.BASE_SECONDS` at its measured sizes, on the protocol its chapters
   use (NeuMF ``loo_sampled``, LightGCN ``loo_full``): the fallback costs of ``run_all.py --plan``, which
-  are one-thread figures (``--threads 1``). ``--no-methods`` skips them.
+  are one-thread figures (``--threads 1``). ``teacher_outputs_<model>_dim<d>_s``: what a distilled fit's
+  teacher costs before its first epoch (:func:`kdrepro.teachers.compute_outputs` at the teacher's size: every
+  user's top-500 items and their scores, every item's top-500 users, the representations; measured once).
+  ``--no-methods`` skips them.
 - ``eval_full_all_users_s``: full-ranking evaluation of all 5,219 users (dim 200, top-50, training
   items masked), ``loo_full`` test.
 - ``eval_loo_sampled_s``: ``loo_sampled`` test evaluation (1 + 499 candidates per user, dim 200).
@@ -104,13 +107,15 @@ def base_model_seconds(chosen: dict[str, splits.Split], repeats: int) -> dict[st
     figures = {}
     for name, sizes in jobs.BASE_SECONDS.items():
         split = chosen[BASE_PROTOCOLS[name]]
-        for dim in sizes:
+        for dim in sorted(sizes):  # the teacher's size last
             result = fit(ModelConfig(name, dim), split, TrainConfig(epochs=repeats + 1, eval_every=10**6, patience=0,
                                                                     progress=False, device="cpu"))
             if name != "bpr":
                 figures[f"{name}_epoch_dim{dim}_s"] = min(h["train_s"] for h in result.history[1:])
             validation = partial(evaluate, result.model, split, "valid")
             figures[f"{name}_validation_dim{dim}_s"] = _best(validation, repeats)
+        # Once, at the teacher's size: NeuMF's two passes over the user × item scores take minutes.
+        figures[f"teacher_outputs_{name}_dim{dim}_s"] = _best(partial(compute_outputs, result.model, split), 1)
     return figures
 
 
