@@ -327,9 +327,9 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
         },
         "paper": {
             # HetComp's student schedule (validation Recall@50 every 10 epochs, patience 5) instead of the common
-            # block's; six teachers up to 500 epochs. Estimated on one core, assuming ~300 teacher and ~400 student
-            # epochs: teachers ~2.8 h (NeuMF's ~100 full rankings ~1.7 h, LightGCN ~35 min), 21 student fits
-            # ~2.9 h (DCD ~1 h of it): about 6 hours.
+            # block's; six teachers up to 500 epochs. Measured 2026-12-06 (one thread per fit, two workers):
+            # teachers 2.0 thread-h (NeuMF 61 min, LightGCN 28, Mult-VAE 14, CML 10, item-AE 4, MF 3.5), 21
+            # student fits 1.2 thread-h (DCD 5-9 min each): 3.2 thread-hours, 1 h 45 min of wall time.
             "EVAL_EVERY": 10,
             "PATIENCE": 5,
         },
