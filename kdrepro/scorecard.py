@@ -59,7 +59,9 @@ class ChapterReport:
         (a partial run: the chapter's page lists them)."""
         profile = str(self.manifest.get("profile", "?"))
         overrides = (self.manifest.get("overrides") or {}).get("cli") or {}
-        return f"{profile} + {len(overrides)} overrides" if overrides else profile
+        if not overrides:
+            return profile
+        return f"{profile} + {len(overrides)} override{'s' if len(overrides) > 1 else ''}"
 
 
 def _read_json(path: Path) -> dict:

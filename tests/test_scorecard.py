@@ -122,3 +122,10 @@ def test_a_table_the_run_left_out_reads_not_run_rather_than_zeros(tmp_path):
     assert "| 01_de | table2 | paper | 5 / 1 / 2 | 3 / 0 / 1 | 4 / 1 / 0 |" in table
     assert scorecard.totals(scorecard.scorecard(scorecard.load_reports(tmp_path)))[
         "cells: reproduced / partially / not"] == "5 / 1 / 2 (1 tables)"
+
+
+def test_a_single_override_is_named_in_the_singular(tmp_path):
+    write_chapter(tmp_path, "07_hetcomp", {"verdicts": BLOCK}, cli={"THREADS": 1})
+    (tmp_path / "index.html").write_text("")
+    (report,) = scorecard.load_reports(tmp_path)
+    assert report.profile == "paper + 1 override"
