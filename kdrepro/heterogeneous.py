@@ -253,7 +253,7 @@ def dynamics_summary(dynamics: pd.DataFrame, method: str = "HetComp") -> pd.Data
     rows = dynamics[dynamics["method"] == method]
     shares = [c for c in rows.columns if c.startswith("v") and c[1:].isdigit()]
     summary = rows.groupby("epoch", sort=True)[[*shares, "detailed_share"]].mean().reset_index()
-    return summary.astype({"epoch": int})  # an epoch, not a float (the frame's other methods hold NaN there)
+    return summary.astype({"epoch": int})  # concatenated with the empty frames of methods without dynamics: float
 
 
 def dynamics_plot(dynamics: pd.DataFrame, method: str = "HetComp", ax=None):
