@@ -311,7 +311,7 @@ def test_queue_positions_and_consensus_kernels_match_the_plain_formulation():
     queue = [torch.stack([torch.randperm(num_items, generator=generator)[:top_n] for _ in range(num_users)])
              for _ in range(4)]
     expected = torch.stack([positions_in(past, queue[-1]) for past in queue])
-    assert torch.equal(queue_positions(queue, num_items, chunk=4), expected)
+    assert torch.equal(queue_positions(queue, num_items, chunk=4).long(), expected)
     rankings = torch.stack(queue[:3])  # three heads' top-N
     bonus = torch.rand(rankings.shape, generator=generator)
     bonus[0, :, :4] = 0.0  # exact ties between heads (same position, no bonus) as in practice

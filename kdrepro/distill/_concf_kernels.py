@@ -10,10 +10,12 @@ item table* through the head's branch again, allocates the block's (users × ite
   head (CML, s = −‖ū − ī‖²) ranks a user's items by 2ū·ī − ‖ī‖², which differs from s by ‖ū‖², constant per
   user: appending a 1 to ū and −‖ī‖² to 2ī makes its ranking one matrix product as well (same order up to
   float rounding).
-- :func:`rank_top_n`: small blocks of users scored into one reused buffer (a fresh (block × items) tensor per
-  block costs page faults, and a block that fits in cache is read back by ``topk`` from there), training
-  items masked through flat indices computed once, ``torch.topk`` per row. The scores are the head's up to
-  float rounding, so the rankings are the plain formulation's except where two scores differ by a rounding.
+- :func:`rank_top_n`: blocks of users scored into one reused buffer (a fresh (block × items) tensor per block
+  costs page faults), training items masked through flat indices computed once, each row's top-N by
+  :func:`top_n_columns`. Blocks of 256 users: at 32 (a block in L2 cache) every operation of the top-N ran on
+  one thread; at 256 they split across two, 1.5x faster a generation on two threads. The scores are the
+  head's up to float rounding, so the rankings are the plain formulation's except where two scores differ
+  by a rounding.
 
 ``torch.topk`` was then most of the cost: it copies every score of a row into (value, index) pairs for its
 partial sort. :func:`top_n_columns` reads each score a few times instead (a segment maximum, a comparison with
@@ -39,9 +41,9 @@ import torch
 
 from kdrepro.evaluate import NonFiniteScoresError
 
-RANKING_BLOCK = 32  # users per product-and-top-N block: 32 × 25,181 fp32 scores (3 MB) stay in cache
-TOP_N_SEGMENT = 25  # values per segment of top_n_columns: ~1,000 segment maxima per CiteULike row
-CONSOLIDATION_CHUNK = 32  # users per position table / consensus buffer (reused, cache-sized)
+RANKING_BLOCK = 256  # users per product-and-top-N block (26 MB of scores): each op large enough to use both threads
+TOP_N_SEGMENT = 15  # values per segment of top_n_columns: ~1,700 segment maxima per CiteULike row
+CONSOLIDATION_CHUNK = 128  # users per position table / consensus buffer (reused; 6 / 13 MB)
 
 
 def ranking_tables(branch, user_table: torch.Tensor, item_table: torch.Tensor
@@ -86,14 +88,14 @@ def top_n_columns(scores: torch.Tensor, top_n: int, segment: int = TOP_N_SEGMENT
     The columns fall into G = ⌈n / segment⌉ strided segments (column c in segment c mod G). The top_n-th
     largest segment maximum t is at most the row's top_n-th largest value (top_n segments each hold a value
     ≥ t), so a row's top_n are among its values ≥ t, which lie in the segments whose maximum reaches t: on
-    CiteULike's scores ~116 of 25,181 per row. Those candidates alone are sorted, by one integer key (row,
-    value's order-preserving bits, column). Rows narrower than ``top_n`` segments, other dtypes, or keys over
+    CiteULike's scores ~110 of 25,181 per row. Those candidates alone are sorted, row by row, by one integer key
+    (value's order-preserving bits, column). Rows narrower than ``top_n`` segments, other dtypes, or keys over
     63 bits take the plain formulation: a stable descending sort of the whole rows.
     """
     rows, width = scores.shape
     groups = -(-width // segment)
-    row_bits, column_bits = max(1, (rows - 1).bit_length()), max(1, (width - 1).bit_length())
-    if groups < top_n or scores.dtype != torch.float32 or row_bits + 32 + column_bits > 63:
+    column_bits = max(1, (width - 1).bit_length())
+    if groups < top_n or scores.dtype != torch.float32 or 32 + column_bits > 63:
         return scores.sort(dim=1, descending=True, stable=True).indices[:, :top_n]
     device = scores.device
     complete = width // groups  # strided rows holding a column of every segment
@@ -112,12 +114,15 @@ def top_n_columns(scores: torch.Tensor, top_n: int, segment: int = TOP_N_SEGMENT
     # +0.0 first, its equal), made non-negative, then reversed: ascending keys = decreasing values.
     bits = (values + 0.0).view(torch.int32).to(torch.int64)
     descending = 0x7FFFFFFF - torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # in [0, 2^32)
-    row, column = flat // width, flat % width
-    key = (row << (32 + column_bits)) | (descending << column_bits) | column
-    ranked = key.sort().values & ((1 << column_bits) - 1)
+    row = flat // width
+    key = (descending << column_bits) | (flat % width)
+    # Each row's keys (in row order, as nonzero lists them) into a padded (rows × most candidates) matrix,
+    # sorted along rows: short sorts split across threads, where one sort of every key was single-threaded.
     counts = torch.bincount(row, minlength=rows)
-    starts = counts.cumsum(0) - counts
-    return ranked[(starts[:, None] + torch.arange(top_n, device=device)).view(-1)].view(rows, top_n)
+    slot = torch.arange(len(row), device=device) - (counts.cumsum(0) - counts).index_select(0, row)
+    padded = torch.full((rows, int(counts.max())), torch.iinfo(torch.int64).max, device=device)
+    padded.index_put_((row, slot), key)
+    return padded.sort(dim=1).values[:, :top_n] & ((1 << column_bits) - 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,13 +141,16 @@ def positions_in(ranking: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
 
 def queue_positions(queue: list[torch.Tensor], num_items: int, chunk: int = CONSOLIDATION_CHUNK) -> torch.Tensor:
     """(Q, U, N) :func:`positions_in` of the newest ranking's items in every ranking of ``queue`` (each (U, N),
-    distinct items per row): a (chunk × num_items) position table per ranking, written at that ranking's N
-    items, read at the newest one's, reset at the N items (no sort, no search)."""
+    distinct items per row), as int16 (N < 2^15): a (chunk × num_items) position table per ranking, written at
+    that ranking's N items, read at the newest one's, reset at the N items (no sort, no search)."""
     current = queue[-1]
     num_users, top_n = current.shape
-    positions = torch.empty(len(queue), num_users, top_n, dtype=current.dtype, device=current.device)
-    table = torch.full((min(chunk, num_users), num_items), top_n, dtype=current.dtype, device=current.device)
-    ranks = torch.arange(top_n, dtype=current.dtype, device=current.device).expand(len(table), top_n)
+    # Positions ≤ N in the narrowest integer type: the table's random writes and reads touch a quarter of the
+    # cache lines int64 would.
+    dtype = torch.int16 if top_n < 2**15 else torch.int64
+    positions = torch.empty(len(queue), num_users, top_n, dtype=dtype, device=current.device)
+    table = torch.full((min(chunk, num_users), num_items), top_n, dtype=dtype, device=current.device)
+    ranks = torch.arange(top_n, dtype=dtype, device=current.device).expand(len(table), top_n)
     for lo in range(0, num_users, chunk):
         hi = min(lo + chunk, num_users)
         rows, newest = table[: hi - lo], current[lo:hi]
@@ -182,9 +190,10 @@ def distinct(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.unique(ids, return_inverse=True)`` for ids in [0, size), by marking a (size,) table instead of
     sorting: (sorted distinct ids, position of each id among them)."""
     present = torch.zeros(size, dtype=torch.bool, device=ids.device)
-    present[ids] = True
+    flat = ids.reshape(-1)
+    present.index_fill_(0, flat, True)  # (index_fill_ / index_select: half the time of [ids] = / [ids] on CPU)
     slot = torch.cumsum(present, dim=0) - 1
-    return present.nonzero().squeeze(1), slot[ids]
+    return present.nonzero().squeeze(1), slot.index_select(0, flat).view(ids.shape)
 
 
 def gather_row_sets(table: torch.Tensor, id_sets: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
