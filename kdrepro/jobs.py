@@ -34,7 +34,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,6 +674,9 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
     needed_jobs = [d for k, d in needed.items() if store.open(d.kind, d.name, d.key) is None and k not in missing_keys]
     first = [j for j in missing if not j.requires] + needed_jobs
     second = [j for j in missing if j.requires]
+    if settings.kind != "serial":  # longest first: the last fits to start are short, no worker idles long at the end
+        timings = recorded_timings(ledger.entries())
+        first, second = (sorted(phase, key=lambda j: -estimate_seconds(j, timings)[0]) for phase in (first, second))
     total, count, started = len(first) + len(second), 0, time.time()
     executor = Executor(settings)
     splits: dict[tuple[str, str], Split] = {}
@@ -839,6 +842,17 @@ def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
     return (job_or_entry["dataset"], job_or_entry["spec"], job_or_entry["model"]["name"], job_or_entry["model"]["dim"])
 
 
+def recorded_timings(entries: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Timing]]:
+    """The ledger's fits' seconds by cost class (:func:`estimate_seconds` reads them)."""
+    timings: dict[tuple, list[Timing]] = {}
+    for entry in entries:
+        job = entry.get("job")
+        if job and entry.get("seconds") is not None and entry.get("threads"):
+            timing = Timing(float(entry["seconds"]), entry.get("epochs_run"), _schedule(job.get("train", {})))
+            timings.setdefault(_cost_class(job), []).append(timing)
+    return timings
+
+
 def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tuple[float, str]:
     """Seconds ``job`` should take, from the ledger's fits of its class (dataset, method, model, dim; a task's:
     task, model, parameters): the median of those trained under the same schedule (epochs, patience,
@@ -898,14 +912,8 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
     """
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
-    timings: dict[tuple, list[Timing]] = {}
-    stale_configs: set[str] = set()
-    for entry in entries:
-        job = entry.get("job")
-        if job and entry.get("seconds") is not None and entry.get("threads"):
-            timing = Timing(float(entry["seconds"]), entry.get("epochs_run"), _schedule(job.get("train", {})))
-            timings.setdefault(_cost_class(job), []).append(timing)
-        stale_configs.add(entry.get("config_key", ""))
+    timings = recorded_timings(entries)
+    stale_configs = {entry.get("config_key", "") for entry in entries}
     rows = []
     for chapter, jobs in jobs_by_chapter.items():
         wanted = list({j.key: j for j in [*(d for j in jobs for d in j.requires), *jobs]}.values())

@@ -66,6 +66,34 @@ def test_every_executor_gives_the_same_numbers(synthetic_splits, tmp_path, local
     assert _run("ray", split, tmp_path) == serial
 
 
+def test_parallel_executors_start_the_longest_fits_first_and_serial_keeps_the_chapter_order(
+        synthetic_splits, tmp_path, monkeypatch):
+    split = synthetic_splits["loo_sampled"]
+    started: list[list[jobs.FitJob]] = []
+
+    def run_in_process(self, fn, items):  # record the order the pool is handed, then fit here
+        started.append([item[0] for item in items])
+        return map(fn, items)
+
+    costs = {"bpr Student": 300.0, "bpr Teacher": 200.0, "bpr RRD": 100.0}  # a student dearer than its teacher
+    monkeypatch.setattr(jobs.Executor, "map", run_in_process)
+    monkeypatch.setattr(jobs, "estimate_seconds", lambda job, timings: (costs[job.label] + job.seed, "test"))
+    for kind in ("serial", "local"):
+        started.clear()
+        root = tmp_path / kind
+        work = _jobs(split, root / "store")  # Teacher, Student, RRD × seeds 0, 1: in the chapter's order
+        run_jobs(work, store=Store(root / "store"), ledger=Ledger(root / "results"),
+                 settings=ExecutorSettings(kind=kind, workers=2 if kind == "local" else 0, threads=1),
+                 log=lambda _: None)
+        first, second = ([(j.label, j.seed) for j in phase] for phase in started)
+        if kind == "serial":
+            assert first == [("bpr Teacher", 0), ("bpr Student", 0), ("bpr Teacher", 1), ("bpr Student", 1)]
+            assert second == [("bpr RRD", 0), ("bpr RRD", 1)]
+        else:  # teachers before their students still (two phases), each phase by decreasing estimated cost
+            assert first == [("bpr Student", 1), ("bpr Student", 0), ("bpr Teacher", 1), ("bpr Teacher", 0)]
+            assert second == [("bpr RRD", 1), ("bpr RRD", 0)]
+
+
 def test_workers_times_threads_never_exceed_the_cores():
     cores = os.cpu_count() or 1
     with pytest.raises(ValueError, match="exceed"):
