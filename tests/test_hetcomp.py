@@ -44,19 +44,27 @@ def test_ensemble_topk_by_hand():
 
 
 def test_ndcg_distance_by_hand():
+    """The authors' gains: position t of the student's list gains 2^exp(−t/T) − 1 when the teacher lists it."""
     student = torch.tensor([[7, 8], [8, 7], [1, 2]])
     teacher = torch.tensor([[8, 9], [8, 7], [3, 4]])
-    idcg = 1 + 1 / math.log2(3)
-    expected = [1 - (1 / math.log2(3)) / idcg, 0.0, 1.0]
+    first, second = 2**1 - 1, (2 ** math.exp(-1 / 10) - 1) / math.log2(3)  # T = 10
+    expected = [1 - second / (first + second), 0.0, 1.0]  # user 0: only its second item is the teacher's
     assert ndcg_distance(student, teacher).tolist() == pytest.approx(expected)
+    sharp = 2 ** math.exp(-1 / 2) - 1  # T = 2: the second position weighs less
+    assert ndcg_distance(student[:1], teacher[:1], 2.0).item() == pytest.approx(1 - (sharp / math.log2(3)) /
+                                                                                 (1 + sharp / math.log2(3)))
 
 
-def test_construct_knowledge_moves_when_the_next_checkpoint_is_about_as_close():
-    state = torch.tensor([[0, 0, 1, 3, 2]])
-    d_current = torch.tensor([[0.50, 0.50, 0.0, 0.1, 0.4]])
-    d_next = torch.tensor([[0.52, 0.60, 0.9, 0.0, 0.42]])
-    # 0.52 <= 1.05*0.5 moves; 0.60 does not; D(current) = 0 moves; the last checkpoint stays; 0.42 <= 0.42 moves.
-    assert construct_knowledge(state, d_current, d_next, 1.05, last=3).tolist() == [[1, 0, 2, 3, 3]]
+def test_construct_knowledge_moves_when_the_student_closes_in_on_the_next_checkpoint_or_drifts_away():
+    state = torch.tensor([[0, 0, 0, 1, 3, 2, 0]])
+    recorded = torch.tensor([[0.60, 0.60, 0.60, 0.50, 0.1, 0.0, 0.3]])
+    distance = torch.tensor([[0.50, 0.59, 0.70, 0.0, 0.0, 0.0, 0.3]])
+    # 0.60/0.50 = 1.2 > 1.05 moves; 0.60/0.59 = 1.017 in [1, 1.05] stays; 0.60/0.70 < 1 moves (drifted away);
+    # distance 0 moves (ratio ∞); the last checkpoint stays; 0/0 stays (NaN, as NumPy's); equal stays.
+    moved = construct_knowledge(state, recorded, distance, 1.05, last=3)
+    assert moved.tolist() == [[True, False, True, True, False, False, False]]
+    # Below 1 (from the 10th construction at α = 1.05, decay 0.995) every ratio moves, equal ones too.
+    assert construct_knowledge(state, recorded, distance, 1.05 * 0.995**10, last=3)[0, [1, 6]].all()
 
 
 def test_set_above_by_hand():
@@ -130,32 +138,52 @@ def test_hetcomp_starts_at_the_first_checkpoints_and_samples_outside_training(sp
     assert converged.state.eq(2).all() and converged.detailed.all()
 
 
-def test_dkc_moves_the_teachers_the_student_has_caught_up_with(split, trajectories, monkeypatch):
+def test_dkc_records_first_then_moves_the_teachers_the_student_has_closed_in_on(split, trajectories, monkeypatch):
     method = HetComp(small(), trajectories, split, 8)
-    # Teacher "a": for the first half of the users the student's top-20 is a's next checkpoint (D(next) = 0:
-    # move); for the rest it shares a's current top-10 only (D(current) ≈ 0.45 ≪ D(next) ≈ 1: stay).
     half = split.num_users // 2
-    current, following = trajectories.rankings[0, 0].long(), trajectories.rankings[0, 1].long()
-    student_top = torch.cat([current[:, :10], current[:, 40:50]], dim=1)
+    following, after = trajectories.rankings[0, 1].long(), trajectories.rankings[0, 2].long()
+    lists = trajectories.rankings[:, 1, :, :20].long()
+    # Construction 1: the student shares teacher a's next checkpoint's top-10 for every user: recorded, no move.
+    shared = torch.cat([following[:, :10], trajectories.rankings[0, 0, :, 40:50].long()], dim=1)
+    monkeypatch.setattr(method, "student_topk", lambda student: shared)
+    method.construct(None)
+    assert method.state.eq(0).all() and method.threshold == pytest.approx(1.05 * 0.995)
+    recorded = torch.stack([ndcg_distance(shared, lists[t]) for t in range(3)])
+    assert torch.allclose(method.recorded, recorded)
+    # Construction 2: for the first half the student's top-20 is a's next checkpoint (distance 0: moves, and the
+    # distance to checkpoint 2 is recorded); for the rest its list is unchanged (ratio 1: stays).
+    student_top = shared.clone()
     student_top[:half] = following[:half, :20]
     monkeypatch.setattr(method, "student_topk", lambda student: student_top)
-    lists = trajectories.rankings[:, :2, :, :20].long()
-    d_current = torch.stack([ndcg_distance(student_top, lists[t, 0]) for t in range(3)])
-    d_next = torch.stack([ndcg_distance(student_top, lists[t, 1]) for t in range(3)])
-    expected = construct_knowledge(torch.zeros(3, split.num_users, dtype=torch.long), d_current, d_next, 1.05, 2)
     method.construct(None)
-    assert torch.equal(method.state, expected)
+    distance = torch.stack([ndcg_distance(student_top, lists[t]) for t in range(3)])
+    expected = construct_knowledge(torch.zeros_like(method.state), recorded, distance, 1.05 * 0.995**2, 2)
+    assert torch.equal(method.state, expected.long())
     assert method.state[0, :half].eq(1).all() and method.state[0, half:].eq(0).all()
-    assert method.alpha == pytest.approx(1.05 * 0.995)
+    moved_to = ndcg_distance(student_top[:half], after[:half, :20])  # the distance to checkpoint 2, recorded
+    assert method.recorded[0, :half].tolist() == pytest.approx(moved_to.tolist())
+    assert torch.equal(method.recorded[0, half:], recorded[0, half:])
     ensemble, _ = ensemble_topk(method.current_lists(), N, 10.0, split.num_items)
     assert torch.equal(method.ensemble, ensemble)
-    # The next construction compares against each (teacher, user)'s own checkpoints: moved users now
-    # sit at checkpoint 1 and compare with 1 and 2.
-    method.construct(None)
-    assert method.state[0, :half].ge(1).all() and method.alpha == pytest.approx(1.05 * 0.995**2)
 
 
-def test_fixed_schedule_walks_every_trajectory_and_akt_switches_per_user(split, trajectories):
+def test_akt_switches_for_every_user_once_each_teacher_s_mean_checkpoint_rounds_to_the_last(split, trajectories):
+    method = HetComp(small(), trajectories, split, 8)
+    assert split.num_users == 200
+    method.state[:] = 2
+    method.state[0, :3] = 1  # three users of 200 short: teacher a's mean 1.985 rounds below the last checkpoint
+    method._rebuild()
+    assert not method.switched and not method.detailed.any()
+    method.state[0, :3] = 2
+    method.state[1, :2] = 1  # two users short for teacher b alone (mean 1.99): still no switch
+    method._rebuild()
+    assert not method.switched
+    method.state[1, :2] = 2
+    method._rebuild()
+    assert method.switched and method.detailed.all()
+
+
+def test_fixed_schedule_walks_every_trajectory_and_akt_switches_at_its_end(split, trajectories):
     method = HetComp(small(construction="fixed"), trajectories, split, 8)
     method.construct(None)
     assert method.state.eq(1).all() and not method.detailed.any()

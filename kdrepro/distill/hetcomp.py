@@ -8,15 +8,24 @@ learns from an **ensemble** ranking built from one checkpoint per (teacher, user
 - **Ensemble** (this suite's choice of importance): item i's importance for user u is
   Σ_x exp(−rank_x(u, i) / T), rank counted from 0 in teacher x's current top-N list for u (0 outside it);
   the ensemble's top-K (K = 100) are the K most important items.
-- **Dynamic knowledge construction (DKC)**: state v_x(u) per (teacher, user), all 0 at the start. After
-  every p epochs (from epoch p on), with π_s the student's top-k (k = 50, training items excluded) and
-  D(π_s, π) = 1 − NDCG@k of π_s against the relevance "in π's top-k", teacher x moves to its next
-  checkpoint for user u when D(π_s, π_x^{v+1}) ≤ α · D(π_s, π_x^v) (the student is about as close to the
-  next checkpoint as to the current one), or when D(π_s, π_x^v) = 0; then α ← 0.995 α (α₀ = 1.05).
-  *Our reading*: the spec gives the distance, α and its decay; the exact comparison is not stated there.
-- **Adaptive knowledge transfer (AKT)**, per user: while some teacher of u is not yet at its last
-  checkpoint, the **overall** loss (weight 0.01) puts the 10 sampled observed items O_u and the ensemble
-  top-K E_u (as one set, order ignored) above L items R_u drawn uniformly from the rest:
+- **Dynamic knowledge construction (DKC)**, the rule of the authors' training script (its ``DKC`` and
+  ``get_NDCG_u``): state v_x(u) per (teacher, user), all 0 at the start. With π_s the student's top-k (k = 50,
+  training items excluded) and D(π_s, π) = 1 − NDCG@k of π_s, where the item at the student's position t
+  (from 0) gains 2^{exp(−t/T)} − 1 (T = 10) when it is in π's top-k, over the same gains of a list all in π's
+  top-k. Constructions run after every p epochs, the first after epoch p; the first only *records*
+  d_x(u) = D(π_s, π_x^{v+1}), the distance to the next checkpoint. Each later one (the c-th after epoch c·p)
+  computes the distance now, D' = D(π_s, π_x^{v+1}), and moves v_x(u) one checkpoint when
+
+      d_x(u) / D' > θ_c   or   d_x(u) / D' < 1,        θ_c = α · decay^c   (α = 1.05, decay = 0.995),
+
+  i.e. when the student has closed the distance to the next checkpoint by more than the factor θ since it
+  was recorded, or has drifted farther from it; after a move d_x(u) is recorded afresh for the new next
+  checkpoint (unchanged otherwise). θ_c < 1 from the 10th construction (epoch 100 at p = 10): from then on
+  every pair moves at every construction, so every trajectory ends by epoch 130 at the latest.
+- **Adaptive knowledge transfer (AKT)**, one switch for all users as in the authors' script: until every
+  teacher's mean checkpoint over users, rounded to two decimals, is the last one (DKC then stops), the
+  **overall** loss (weight 0.01) puts the 10 sampled observed items O_u and the ensemble top-K E_u (as one
+  set, order ignored) above L items R_u drawn uniformly from the rest:
 
       L_overall(u) = −Σ_{i ∈ O_u ∪ E_u} [ s_ui − log( e^{s_ui} + Σ_{j ∈ R_u} e^{s_uj} ) ]
 
@@ -100,8 +109,8 @@ class HetCompConfig:
     num_rest: int = 100  # |R_u|: items drawn uniformly outside O_u's user's training set ∪ E_u
     temperature: float = 10.0  # T of the ensemble importance exp(−rank/T)
     period: int = 10  # p: epochs between knowledge constructions (the first after epoch p)
-    alpha: float = 1.05  # α: move when D(next) ≤ α · D(current)
-    alpha_decay: float = 0.995  # α ← α · decay after every construction
+    alpha: float = 1.05  # α: move when the recorded / current distance to the next checkpoint exceeds α · decay^c
+    alpha_decay: float = 0.995  # decay per construction c (the authors: 0.995^(epoch // p))
     ndcg_k: int = 50  # k of the distance 1 − NDCG@k
     construction: str = "dynamic"  # "dynamic" (DKC) | "fixed" (w/o DKC) | "converged" (no trajectory)
     transfer: str = "adaptive"  # "adaptive" (AKT) | "detailed" (w/o AKT)
@@ -141,22 +150,24 @@ def ensemble_topk(lists: torch.Tensor, top_k: int, temperature: float, num_items
     return torch.cat(items), torch.cat(values)
 
 
-def ndcg_distance(student_top: torch.Tensor, teacher_top: torch.Tensor) -> torch.Tensor:
-    """(U,) 1 − NDCG@k of the student's top-k (U, k) with relevance "in the teacher's top-k" (U, k).
-
-    Binary gains 1/log2(position + 2); the ideal list has all k relevant items, so IDCG = Σ_k 1/log2(k + 1).
-    """
+def ndcg_distance(student_top: torch.Tensor, teacher_top: torch.Tensor, temperature: float = 10.0) -> torch.Tensor:
+    """(U,) 1 − NDCG@k of the student's top-k (U, k) against "in the teacher's top-k" (U, k), the authors' form:
+    the item at the student's position t (from 0) gains g_t = 2^{exp(−t/T)} − 1 when in the teacher's top-k,
+    discounted by log2(t + 2); the ideal list is all hits: IDCG = Σ_t g_t / log2(t + 2)."""
     k = student_top.shape[1]
-    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
+    positions = torch.arange(k, dtype=torch.float32)
+    weights = (2.0 ** torch.exp(-positions / temperature) - 1.0) / torch.log2(positions + 2.0)
     hits = (student_top.unsqueeze(2) == teacher_top.unsqueeze(1)).any(dim=2).float()  # (U, k)
-    return 1.0 - (hits * discounts).sum(1) / discounts.sum()
+    return 1.0 - (hits * weights).sum(1) / weights.sum()
 
 
-def construct_knowledge(state: torch.Tensor, d_current: torch.Tensor, d_next: torch.Tensor, alpha: float,
+def construct_knowledge(state: torch.Tensor, recorded: torch.Tensor, distance: torch.Tensor, threshold: float,
                         last: int) -> torch.Tensor:
-    """DKC's move: v ← v + 1 where v < last and (D(next) ≤ α · D(current) or D(current) = 0). Shapes (X, U)."""
-    move = (state < last) & ((d_next <= alpha * d_current) | (d_current == 0))
-    return state + move.long()
+    """DKC's move (X, U) bool: v < last and (recorded / distance > ``threshold`` or recorded / distance < 1), with
+    ``recorded`` the distance to the next checkpoint when it was last recorded and ``distance`` it now. As in
+    the authors' NumPy: a distance of 0 now moves (ratio ∞), unless the recorded one was 0 too (0/0: no move)."""
+    ratio = recorded / distance
+    return (state < last) & ((ratio > threshold) | (ratio < 1))
 
 
 def set_above_loss(top: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
@@ -203,7 +214,9 @@ class HetComp(DistillLoss):
         x, u = len(teacher.names), split.num_users
         start = self.last if config.construction == "converged" else 0
         self.state = torch.full((x, u), start, dtype=torch.long)
-        self.alpha = config.alpha
+        self.recorded: torch.Tensor | None = None  # (X, U) DKC's recorded distance to each next checkpoint
+        self.constructions = 0
+        self.threshold = config.alpha
         self.train_users, self.train_items = split.train_tensors()
         self.indptr = torch.from_numpy(split.train_indptr)
         if bool((self.indptr[1:] == self.indptr[:-1]).any()):
@@ -230,8 +243,8 @@ class HetComp(DistillLoss):
         cfg = self.config
         top, _ = ensemble_topk(self.current_lists(), cfg.top_n, cfg.temperature, self.split.num_items)
         self.ensemble = top.to(self.ensemble.device)
-        at_last = (self.state == self.last).all(dim=0)
-        self.detailed = (at_last | torch.tensor(cfg.transfer == "detailed")).to(self.detailed.device)
+        self.switched = bool(torch.round(self.state.float().mean(dim=1), decimals=2).eq(self.last).all())
+        self.detailed.fill_(self.switched or cfg.transfer == "detailed")
         users = torch.arange(self.split.num_users)
         self.excluded = PairSet(torch.cat([self.train_users, users.repeat_interleave(cfg.top_n)]),
                                 torch.cat([self.train_items, top.reshape(-1)]), self.split.num_users,
@@ -246,28 +259,37 @@ class HetComp(DistillLoss):
         student.train(was_training)
         return ranked
 
+    def distances_to_next(self, student_top: torch.Tensor) -> torch.Tensor:
+        """(X, U) D(π_s, π_x^{v+1}) of every (teacher, user) at its state v (the last checkpoint: itself)."""
+        x, u = self.state.shape
+        following = (self.state + 1).clamp(max=self.last)
+        upcoming = self.rankings[torch.arange(x)[:, None], following, torch.arange(u)[None, :], : self.config.ndcg_k]
+        return torch.stack([ndcg_distance(student_top, upcoming[t].long(), self.config.temperature)
+                            for t in range(x)])
+
     def construct(self, student: Recommender) -> None:
-        """One knowledge construction (DKC, or the fixed schedule of the w/o-DKC ablation), then α decays."""
+        """One knowledge construction (DKC, or the fixed schedule of the w/o-DKC ablation): the c-th compares
+        against θ_c = α · decay^c."""
         cfg = self.config
+        self.constructions += 1
+        self.threshold = cfg.alpha * cfg.alpha_decay**self.constructions
         if cfg.construction == "dynamic":
             student_top = self.student_topk(student)
-            x, u = self.state.shape
-            users = torch.arange(u)
-            following = (self.state + 1).clamp(max=self.last)
-            current = self.rankings[torch.arange(x)[:, None], self.state, users[None, :], : cfg.ndcg_k]
-            upcoming = self.rankings[torch.arange(x)[:, None], following, users[None, :], : cfg.ndcg_k]
-            d_current = torch.stack([ndcg_distance(student_top, current[t].long()) for t in range(x)])
-            d_next = torch.stack([ndcg_distance(student_top, upcoming[t].long()) for t in range(x)])
-            self.state = construct_knowledge(self.state, d_current, d_next, self.alpha, self.last)
+            distance = self.distances_to_next(student_top)
+            if self.recorded is None:  # the first construction records the distances only
+                self.recorded = distance
+            else:
+                moved = construct_knowledge(self.state, self.recorded, distance, self.threshold, self.last)
+                self.state = self.state + moved.long()
+                self.recorded = torch.where(moved, self.distances_to_next(student_top), self.recorded)
         elif cfg.construction == "fixed":
             self.state = (self.state + 1).clamp(max=self.last)
-        self.alpha *= cfg.alpha_decay
         self._rebuild()
 
     def _log(self, epoch: int) -> None:
         for t, name in enumerate(self.names):
             shares = torch.bincount(self.state[t], minlength=self.last + 1).float() / self.state.shape[1]
-            self.dynamics.append({"epoch": epoch, "teacher": name, "alpha": self.alpha,
+            self.dynamics.append({"epoch": epoch, "teacher": name, "threshold": self.threshold,
                                   "detailed_share": float(self.detailed.float().mean()),
                                   **{f"v{v}": float(s) for v, s in enumerate(shares)}})
 
@@ -285,7 +307,7 @@ class HetComp(DistillLoss):
     def prepare(self, student: Recommender, epoch: int) -> None:
         """At the first batch of an epoch: a construction after every p epochs, then this epoch's samples."""
         completed = epoch - 1
-        if self.config.construction != "converged" and completed >= self.config.period and \
+        if self.config.construction != "converged" and not self.switched and completed >= self.config.period and \
                 completed % self.config.period == 0:
             self.construct(student)
             self._log(completed)
