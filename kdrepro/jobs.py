@@ -300,6 +300,10 @@ class FitJob:
     task: str = ""  # "" the standard fit (execute); else a registered Task (TASKS)
     params: Mapping[str, Any] = field(default_factory=dict)  # the task's description (plain data)
     inputs: tuple[FitJob, ...] = ()  # jobs whose stored outputs the task reads (computed first)
+    # A chapter section loads this fit's trained weights (not only its ledger entry): set while planning
+    # (run_jobs with need_weights), so --plan counts a refit where they are gone and --fill restores them.
+    # Not part of the key: the same fit, read another way.
+    reads_weights: bool = False
 
     def __post_init__(self) -> None:
         if not self.code:
@@ -650,16 +654,18 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
     ledger = ledger or Ledger()
     settings = settings or current_settings()
     unique = list({job.key: job for job in jobs}.values())
+    read = {job.key for job in jobs if need_weights or job.reads_weights}  # fits whose weights must be in the store
     plan_file = os.environ.get(PLAN_FILE_ENV)
     if plan_file:  # planning: record the jobs, fit nothing, hand back what the ledger has (else placeholders)
+        recorded = [dataclasses.replace(job, reads_weights=job.key in read) for job in unique]
         with open(plan_file, "a") as handle:
-            handle.writelines(json.dumps(job.to_dict()) + "\n" for job in unique)
+            handle.writelines(json.dumps(job.to_dict()) + "\n" for job in recorded)
         return {job.key: Done(job, ledger.get(job) or dict(PLACEHOLDER), False) for job in unique}
     done: dict[str, Done] = {}
     missing: list[FitJob] = []
     for job in unique:
         entry = ledger.get(job)
-        if entry is not None and (not need_weights or store.open(job.kind, job.name, job.key) is not None):
+        if entry is not None and (job.key not in read or store.open(job.kind, job.name, job.key) is not None):
             done[job.key] = Done(job, entry, False)
             continue
         entry = _from_store(store, ledger, job)
@@ -785,7 +791,9 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
             jobs: dict[str, FitJob] = {}
             for line in lines:  # a fit shared by sections keeps the label of the first (the main table's)
                 job = FitJob.from_dict(json.loads(line))
-                jobs.setdefault(job.key, job)
+                first = jobs.setdefault(job.key, job)
+                if job.reads_weights and not first.reads_weights:  # one section reading its weights is enough
+                    jobs[job.key] = dataclasses.replace(first, reads_weights=True)
             found[stem] = list(jobs.values())
             log(f"{stem}: {len(jobs)} fits enumerated in {time.time() - started:.0f} s")
     finally:
@@ -907,8 +915,9 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
 
     ``refit``: a fit recorded in the ledger whose weights are not in ``store`` (given: the ledger keeps no
     weights, so on a fresh machine they are gone) while something reads them: a teacher (or a task's input)
-    of a fit still to compute, or a ``kd_modules`` fit (kept for its trained module, which a chapter's analysis
-    loads). :func:`run_jobs` trains it again (the same numbers, on CPU), at its recorded cost.
+    of a fit still to compute, a ``kd_modules`` fit (kept for its trained module, which a chapter's analysis
+    loads), or a fit a section loads the weights of (``reads_weights``: an inference timing, say).
+    :func:`run_jobs` trains it again (the same numbers, on CPU), at its recorded cost.
     """
     ledger = ledger or Ledger()
     entries = list(ledger.entries())
@@ -923,7 +932,7 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
             entry = recorded[job.key]
             if entry is None:
                 status = "stale" if job.config_key in stale_configs else "missing"
-            elif (store is not None and (job.key in read_by_missing or job.kind == MODULE_KIND)
+            elif (store is not None and (job.key in read_by_missing or job.kind == MODULE_KIND or job.reads_weights)
                   and store.open(job.kind, job.name, job.key) is None):
                 status = "refit"
             else:

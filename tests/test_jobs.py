@@ -259,6 +259,34 @@ def test_planning_mode_records_jobs_and_trains_nothing(synthetic_splits, tmp_pat
     assert not (tmp_path / "results").exists() and not (tmp_path / "store" / "models").exists()
 
 
+def test_a_fit_whose_weights_a_section_loads_is_a_refit_on_a_fresh_machine_and_fill_restores_it(
+        synthetic_splits, tmp_path, monkeypatch):
+    """An inference timing loads a recorded fit's weights: planning marks the fit (reads_weights, not in its
+    key), --plan counts a refit where the store lacks it, and --fill trains it again (the same numbers)."""
+    split = synthetic_splits["loo_sampled"]
+    ledger, store = Ledger(tmp_path / "results"), Store(tmp_path / "store")
+    job = jobs.model_job(jobs.split_entry(store, split), split, ModelConfig("bpr", 8), CFG, 0)
+    recorded = run_jobs([job], store=store, ledger=ledger, log=lambda _: None)[job.key].entry
+    plan_file = tmp_path / "plan.jsonl"
+    monkeypatch.setenv(jobs.PLAN_FILE_ENV, str(plan_file))
+    run_jobs([job], store=store, ledger=ledger)  # the main table: metrics only
+    with pytest.raises(RuntimeError, match="planning mode"):
+        jobs.load_model(Store(tmp_path / "fresh"), job)  # a timing section: the weights
+    monkeypatch.delenv(jobs.PLAN_FILE_ENV)
+    lines = [jobs.FitJob.from_dict(json.loads(line)) for line in plan_file.read_text().splitlines()]
+    assert [j.reads_weights for j in lines] == [False, True] and {j.key for j in lines} == {job.key}
+    read = lines[1]
+    assert jobs.plan({"ch": [read]}, ledger, store=store)[0]["status"] == "done"
+    fresh_store = Store(tmp_path / "fresh")
+    jobs.split_entry(fresh_store, split)
+    row = jobs.plan({"ch": [read]}, ledger, store=fresh_store)[0]
+    assert row["status"] == "refit" and row["est_seconds"] == recorded["seconds"]
+    assert jobs.plan({"ch": [job]}, ledger, store=fresh_store)[0]["status"] == "done"  # metrics only: nothing to do
+    done = jobs.fill({"ch": [read]}, store=fresh_store, ledger=ledger, log=lambda _: None)
+    assert done[job.key].trained and done[job.key].entry["test"] == recorded["test"]
+    assert fresh_store.open(job.kind, job.name, job.key) is not None
+
+
 @pytest.mark.parametrize("protocol", ["loo_sampled", "loo_full"])
 def test_the_ledger_s_held_out_ranks_give_every_per_user_metric(synthetic_splits, tmp_path, protocol):
     split = synthetic_splits[protocol]
