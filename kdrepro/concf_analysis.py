@@ -11,6 +11,8 @@
 - :func:`complementarity` / :func:`overlap_heatmap`: which test interactions each SingleCF hits in its
   top-K that no other model hits, and the pairwise overlap of the hits.
 - :func:`validation_curves`: heads and consensus over training, the warm-up/CL boundary, reference lines;
+  :func:`curve_points`: those curves at one epoch beside values read off the authors' curves (for
+  :func:`kdrepro.paper.paper_vs_ours` and :func:`~kdrepro.paper.gain_verdicts`);
   :func:`balancing_weights`: the GradNorm weights of one fit over training.
 - :func:`inference_cost`: parameters and top-K time of the kept head, SingleCF and all heads (consensus).
 - :func:`claim_list`: the paper's claims in the spelling of :func:`kdrepro.paper.claim_verdicts`.
@@ -220,6 +222,30 @@ def run(setting: ConCFSetting, runs: Sequence[ConCFRun]) -> ConCFResults:
     log = pd.DataFrame([row for item in fits for row in _log_rows(item)],
                        columns=["run", "seed", "epoch", "model", "metric", "value"])
     return ConCFResults(results, log, fits)
+
+
+def curve_points(log: pd.DataFrame, lines: Mapping[str, tuple[str, str]], readings: Mapping[str, Sequence[float]],
+                 metrics: Sequence[str], epoch: int, dataset: str, base: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Our validation curves at ``epoch`` beside values read off the authors' curves at that epoch, as the two
+    long frames :func:`kdrepro.paper.paper_vs_ours` and :func:`~kdrepro.paper.gain_verdicts` compare.
+
+    ``lines``: ``{label: (run, model)}`` as in :func:`validation_curves`; ``readings``: ``{label: [value per
+    metric]}``. Returns (ours: dataset, base, method, metric, seed, value — one row per seed whose log has
+    ``epoch``; readings: dataset, base, method, metric, paper). A log that does not reach ``epoch`` (a short
+    profile) gives no rows of ours: nothing is compared at another epoch.
+    """
+    rows = []
+    for label, (run_label, model) in lines.items():
+        chosen = log[(log["run"] == run_label) & (log["model"] == model) & (log["epoch"] == epoch)
+                     & log["metric"].isin(metrics)]
+        rows += [{"dataset": dataset, "base": base, "method": label, "metric": r.metric, "seed": r.seed,
+                  "value": r.value} for r in chosen.itertuples()]
+    ours = pd.DataFrame(rows, columns=["dataset", "base", "method", "metric", "seed", "value"])
+    read = pd.DataFrame([{"dataset": dataset, "base": base, "method": label, "metric": metric, "paper": value}
+                         for label, values in readings.items()
+                         for metric, value in zip(metrics, values, strict=True)],
+                        columns=["dataset", "base", "method", "metric", "paper"])
+    return ours, read
 
 
 def fit_summary(results: ConCFResults) -> pd.DataFrame:
