@@ -291,7 +291,8 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "LR": 0.01,
             "WARMUP_EPOCHS": 10,
             "UPDATE_EVERY": 5,
-            "AUTHOR_SEEDS": [0],  # 30 epochs never reach the readings at epoch 190: section 4 shows the curves, compares nothing
+            # 30 epochs never reach the authors' readings at epoch 190: section 4 shows the curves, compares nothing
+            "AUTHOR_SEEDS": [0],
         },
         "paper": {
             # The authors' schedule: 200 epochs, validation every 10 (no early stopping), three seeds.
