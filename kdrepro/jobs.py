@@ -941,8 +941,9 @@ def plan(jobs_by_chapter: Mapping[str, Sequence[FitJob]], ledger: Ledger | None 
                 seconds, source = float(entry["seconds"]), "ledger"
             else:
                 seconds, source = estimate_seconds(job, timings) if status != "done" else (0.0, "")
-            rows.append({"chapter": chapter, "kind": job.kind, "fit": job.label or job.name, "seed": job.seed,
-                         "key": job.key, "status": status, "est_seconds": seconds, "estimate": source})
+            rows.append({"chapter": chapter, "kind": job.kind, "fit": job.label or job.name, "dataset": job.dataset,
+                         "seed": job.seed, "key": job.key, "status": status, "est_seconds": seconds,
+                         "estimate": source})
     return rows
 
 
@@ -961,8 +962,10 @@ def format_plan(rows: Sequence[Mapping[str, Any]], workers: int = 1) -> str:
         lines.append(f"{chapter}: {len(mine)} fits, {counts['done']} done, {counts['missing']} missing, "
                      f"{counts['stale']} stale{refits}; to compute ≈ {seconds / 3600:.2f} thread-hours"
                      + (f" ({'/'.join(sorted(sources))} timings)" if sources else ""))
+        several = len({r.get("dataset") for r in mine}) > 1  # e.g. chapter 06's runs on the authors' 10-core data
         for r in todo:
-            lines.append(f"    {r['status']:7s} {r['kind']:10s} {r['fit']} seed {r['seed']}  "
+            data = f" [{r['dataset']}]" if several else ""
+            lines.append(f"    {r['status']:7s} {r['kind']:10s} {r['fit']}{data} seed {r['seed']}  "
                          f"≈ {r['est_seconds'] / 60:.1f} min")
     total = sum(unique_todo.values())
     lines.append(f"total to compute: {len(unique_todo)} distinct fits ≈ {total / 3600:.2f} thread-hours ≈ "

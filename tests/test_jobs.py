@@ -148,6 +148,9 @@ def test_plan_lists_missing_and_stale_fits(synthetic_splits, tmp_path):
     assert all(r["est_seconds"] > 0 for r in rows if r["status"] != "done")
     text = jobs.format_plan(rows)
     assert "ch: 6 fits, 1 done, 4 missing, 1 stale" in text
+    assert "missing models     bpr Teacher seed 0" in text  # one dataset: not named on every line
+    other = [{**r, "dataset": "other-core10"} if r["key"] == stale_job.key else r for r in rows]
+    assert "stale   models     bpr Student [other-core10] seed 1" in jobs.format_plan(other)
 
 
 def test_plan_lists_a_recorded_teacher_whose_weights_are_gone_as_a_refit(synthetic_splits, tmp_path):
