@@ -7,6 +7,7 @@
     python run_all.py --list                   # notebooks and their parameters
     python run_all.py --render-only            # re-render the published pages, run nothing
     python run_all.py --profile paper --plan   # fits the ledger lacks, per chapter, with estimated cost
+    python run_all.py --as-published --plan    # what `make report` would compute on this machine
     python run_all.py --profile paper --fill --executor local --workers 2    # compute them, render nothing
 
 The chapters are the notebooks ``notebooks/NN_*.ipynb``, in numbered order. For each: its parameters are
@@ -47,6 +48,7 @@ from kdrepro.book.execute import (
     RunLocked,
     discover,
     plan,
+    published_settings,
     render_only,
     run,
     run_as_published,
@@ -142,7 +144,13 @@ def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.Execu
     jobs.select_jobs({}, args.match)  # a bad pattern fails here, before any notebook runs
     stems = select(discover(notebooks_dir), args.only)
     with tempfile.TemporaryDirectory(prefix="kdrepro-plan-") as workdir:
-        resolved = plan(stems, notebooks_dir, Path(workdir) / "reports", args.profile, args.param)
+        if args.as_published:  # what `make report` would compute: each chapter under its page's settings
+            resolved = []
+            for stem in stems:
+                profile, params = published_settings(Path(args.reports_dir), stem) or (profiles.DEFAULT, [])
+                resolved += plan([stem], notebooks_dir, Path(workdir) / "reports", profile, params)
+        else:
+            resolved = plan(stems, notebooks_dir, Path(workdir) / "reports", args.profile, args.param)
         chapters = [(job.stem, job.path, job.parameters) for job in resolved]
         found = jobs.collect_jobs(chapters, kernel=args.kernel, workdir=workdir,
                                   timeout=args.timeout or jobs.PLAN_CELL_TIMEOUT)
@@ -159,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.profile = args.profile or profiles.DEFAULT
     notebooks_dir = Path(args.notebooks_dir)
     try:
+        if args.as_published and (profile_given or args.param):
+            raise ParameterError("--as-published takes each chapter's profile and -p overrides from its "
+                                 "published page: drop --profile and -p")
         settings = use_executor(args)
         if args.plan or args.fill:
             return campaign(args, notebooks_dir, settings)
@@ -169,9 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             render_only(only=args.only, notebooks_dir=notebooks_dir, reports_dir=args.reports_dir)
             return 0
         if args.as_published:
-            if profile_given or args.param:
-                raise ParameterError("--as-published takes each chapter's profile and -p overrides from its "
-                                     "published page: drop --profile and -p")
             manifests = run_as_published(only=args.only, notebooks_dir=notebooks_dir, reports_dir=args.reports_dir,
                                          force=args.force, kernel=args.kernel, timeout=args.timeout,
                                          dry_run=args.dry_run)

@@ -305,6 +305,26 @@ def test_as_published_reruns_each_chapter_under_the_settings_its_page_states(boo
     assert code == 2, "--as-published takes the profile from the page, not from the command line"
 
 
+def test_plan_as_published_plans_each_chapter_under_the_settings_its_page_states(books, tmp_path, monkeypatch,
+                                                                                 capsys):
+    reports = tmp_path / "reports"
+    run(books, reports, ["00_ok"], profile="smoke", params=["X=5"])
+    planned: dict[str, dict] = {}
+
+    def collect(chapters, **_):
+        planned.update({stem: parameters for stem, _, parameters in chapters})
+        return {}
+
+    monkeypatch.setattr(run_all.jobs, "collect_jobs", collect)
+    code = run_all.main(["--as-published", "--plan", "--reports-dir", str(reports), "--notebooks-dir", str(books)])
+    assert code == 0, capsys.readouterr().err
+    assert planned["00_ok"]["X"] == 5 and planned["00_ok"]["NAME"] == "tiny", "the page's profile and -p"
+    assert planned["01_fails"]["X"] == 3, "a chapter never published: the default profile"
+    code = run_all.main(["--as-published", "--plan", "-p", "X=4", "--reports-dir", str(reports),
+                         "--notebooks-dir", str(books)])
+    assert code == 2 and "drop --profile and -p" in capsys.readouterr().err
+
+
 def test_published_files_are_world_readable(books, tmp_path):
     reports = tmp_path / "reports"
     run(books, reports, ["00_ok"], profile="smoke")
