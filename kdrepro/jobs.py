@@ -30,6 +30,7 @@ import functools
 import importlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -525,6 +526,38 @@ def compact_history(history: Sequence[Mapping]) -> list[dict]:
     return [{k: _round(v) for k, v in h.items()} for h in kept]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere the platform's word for it). Dense layers' numbers
+    can differ between CPU models (MKL picks its GEMM kernels per CPU), so an entry says where it was computed."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+CPU_MODEL = cpu_model()
+# What a refit must give again for the earlier entry to stand: the numbers, not the timings.
+RESULT_FIELDS = ("test", "valid", "best_epoch", "epochs_run", "test_ranks", "extra")
+RUN_FIELDS = ("seconds", "epoch_s", "threads", "device", "cpu", "versions", "git_sha")
+
+
+def reconcile_refit(earlier: dict, fresh: dict) -> dict:
+    """The entry to keep when a recorded fit is trained again to restore its weights.
+
+    Same numbers (every field of RESULT_FIELDS): the earlier entry stays the record — its timings and git SHA
+    are those of the run that produced the published tables — and the refit is noted under ``refits``. Other
+    numbers (dense layers on another CPU model, see the README): the fresh entry is the record, since it is
+    what the store's weights now give, and the earlier numbers are kept under ``superseded``, so a changed
+    table can be traced to the machine that changed it."""
+    run = {k: fresh.get(k) for k in RUN_FIELDS}
+    if all(earlier.get(k) == fresh.get(k) for k in RESULT_FIELDS):
+        return {**earlier, "refits": [*earlier.get("refits", []), run]}
+    superseded = {k: earlier.get(k) for k in ("test", "valid", "best_epoch", "epochs_run", *RUN_FIELDS)}
+    return {**fresh, "superseded": [*earlier.get("superseded", []), superseded]}
+
+
 class Ledger:
     """One JSON per completed fit under ``root/<dataset>/<kind>/<name>-<key>.json`` (written atomically
     by the driver only)."""
@@ -556,17 +589,22 @@ class Ledger:
 
     def record(self, job: FitJob, outcome_result: Mapping, history: Sequence[Mapping], threads: int, device: str
                ) -> dict:
+        """Write the entry of a completed fit. A refit (the fit is recorded, its weights were gone from the
+        store) is reconciled with the earlier entry by :func:`reconcile_refit`."""
         entry = {
             "key": job.key, "config_key": job.config_key, "kind": job.kind, "name": job.name,
             "labels": dict(job.labels), "described": job.described, "job": job.to_dict(),
             "test": outcome_result["test"], "valid": outcome_result["valid"],
             **{k: outcome_result.get(k) for k in ("best_epoch", "epochs_run", "seconds", "epoch_s", "parameters",
                                                    "kd_parameters", "test_ranks")},
-            "threads": threads, "device": device, "versions": self._versions, "git_sha": self._git,
-            "history": compact_history(history),
+            "threads": threads, "device": device, "cpu": CPU_MODEL, "versions": self._versions,
+            "git_sha": self._git, "history": compact_history(history),
         }
         if outcome_result.get("extra") is not None:  # a task's small per-fit results (tables need no weights)
             entry["extra"] = outcome_result["extra"]
+        earlier = self.get(job)
+        if earlier is not None:
+            entry = reconcile_refit(earlier, json.loads(json.dumps(entry)))
         write_json(self.path(job), entry)
         return json.loads(self.path(job).read_text())  # as every later reader sees it (keys sorted)
 

@@ -288,6 +288,23 @@ def test_a_fit_whose_weights_a_section_loads_is_a_refit_on_a_fresh_machine_and_f
     done = jobs.fill({"ch": [read]}, store=fresh_store, ledger=ledger, log=lambda _: None)
     assert done[job.key].trained and done[job.key].entry["test"] == recorded["test"]
     assert fresh_store.open(job.kind, job.name, job.key) is not None
+    kept = ledger.get(job)
+    assert kept["seconds"] == recorded["seconds"] and "superseded" not in kept, "same numbers: the first run stands"
+    assert [set(r) for r in kept["refits"]] == [set(jobs.RUN_FIELDS)] and kept["refits"][0]["cpu"] == jobs.CPU_MODEL
+
+
+def test_a_refit_with_other_numbers_becomes_the_record_and_keeps_the_earlier_numbers():
+    earlier = {"key": "k", "test": {"HR@5": 0.5}, "valid": {"HR@5": 0.4}, "best_epoch": 10, "epochs_run": 31,
+               "seconds": 100.0, "cpu": "CPU A", "git_sha": "aaa", "history": [{"epoch": 1}]}
+    same = {**earlier, "seconds": 90.0, "cpu": "CPU B", "git_sha": "bbb"}
+    kept = jobs.reconcile_refit(earlier, same)
+    assert {k: v for k, v in kept.items() if k != "refits"} == earlier
+    assert kept["refits"][0]["seconds"] == 90.0 and kept["refits"][0]["cpu"] == "CPU B"
+    other = {**same, "test": {"HR@5": 0.49}, "best_epoch": 9}
+    record = jobs.reconcile_refit(kept, other)
+    assert record["test"] == {"HR@5": 0.49} and record["best_epoch"] == 9 and record["cpu"] == "CPU B"
+    assert record["superseded"] == [{"test": {"HR@5": 0.5}, "valid": {"HR@5": 0.4}, "best_epoch": 10,
+                                     "epochs_run": 31, **{k: earlier.get(k) for k in jobs.RUN_FIELDS}}]
 
 
 @pytest.mark.parametrize("protocol", ["loo_sampled", "loo_full"])
