@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from kdrepro import jobs
@@ -160,6 +161,12 @@ class ConCFFit:
     @functools.cached_property
     def model(self) -> MultiHeadCF:
         return jobs.load_model(self.store, self.job)
+
+    def architecture(self, split: Split) -> MultiHeadCF:
+        """A freshly built (seeded) model of this fit's architecture, without its weights: what inference
+        costs depends on the architecture only, so timing one needs no fit on this machine."""
+        torch.manual_seed(self.seed)
+        return jobs.task(self.job.task).build(self.job, split)
 
     @property
     def extra(self) -> dict:
@@ -384,13 +391,14 @@ def balancing_weights(item: ConCFFit, ax=None) -> Figure:
 def inference_cost(concf: ConCFFit, single: ConCFFit, split: Split, top_n: int = 50, repeats: int = 3,
                    consensus_top_n: int = 100, temperature: float = 10.0) -> pd.DataFrame:
     """Parameters and best-of-``repeats`` seconds to produce every user's top-``top_n`` (training items
-    masked): ConCF's kept head, SingleCF of the same objective, and keeping every head (the consensus)."""
-    model = concf.model
+    masked): ConCF's kept head, SingleCF of the same objective, and keeping every head (the consensus).
+    Measured on freshly built models of the fits' architectures (:meth:`ConCFFit.architecture`)."""
+    model, single_model = concf.architecture(split), single.architecture(split)
     scorer = ConsensusScorer(model, split, "valid", consensus_top_n, temperature)
     rows = [
         ("ConCF, kept head", model.target_parameters(), time_recommend_all(model, split, top_n, repeats=repeats)),
-        (f"{single.run.label}", count_parameters(single.model),
-         time_recommend_all(single.model, split, top_n, repeats=repeats)),
+        (f"{single.run.label}", count_parameters(single_model),
+         time_recommend_all(single_model, split, top_n, repeats=repeats)),
         (f"ConCF, all {len(model.heads)} heads (consensus)", count_parameters(model),
          time_recommend_all(scorer, split, top_n, repeats=repeats)),
     ]

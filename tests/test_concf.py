@@ -270,6 +270,28 @@ def test_concf_jobs_fill_the_ledger_and_render_from_it(split, tmp_path):
     assert local[job.key].entry["extra"]["heads"] == concf.entry["extra"]["heads"]
 
 
+def test_inference_cost_times_fresh_architectures_without_reading_weights(split, monkeypatch):
+    """The kept head has SingleCF's parameter count by construction; the timing needs no weights (a fresh
+    machine renders the section without refitting)."""
+    setting = _setting(split)
+    runs = concf_analysis.single_runs(["bpr"]) + concf_analysis.concf_runs(["bpr", "cml"], without_cl=False)
+    trained = concf_analysis.run(setting, runs).fit_of("ConCF")
+    fresh = trained.architecture(split)
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in trained.model.parameters()]
+    done = concf_analysis.run(setting, runs)  # from the ledger: no model loaded yet
+
+    def no_weights(*_, **__):
+        raise AssertionError("inference_cost read a fit's weights")
+
+    monkeypatch.setattr(jobs, "load_model", no_weights)
+    cost = concf_analysis.inference_cost(done.fit_of("ConCF"), done.fit_of("SingleCF bpr"), split, top_n=10,
+                                         repeats=1)
+    kept, alone, every = cost.to_dict("records")
+    assert kept["parameters"] == alone["parameters"] < every["parameters"]
+    assert every["parameters"] == sum(p.numel() for p in fresh.parameters())
+    assert (cost["top10_all_users_s"] > 0).all()
+
+
 def test_ranking_kernel_matches_rank_full(split):
     """Every head's top-N from once-transformed tables (the metric head through its augmented product) equals
     ``rank_full`` on the head (which re-transforms the item table per block)."""
