@@ -200,17 +200,28 @@ def _nothing_judged(row: pd.Series) -> bool:
     return not any(pd.isna(v) for v in values) and sum(values) == 0
 
 
-def totals(card: pd.DataFrame) -> dict[str, str]:
-    """The index headline: per kind, "reproduced / partially / not" summed over the scorecard's rows that
-    recorded it (with how many rows did; a table the run left out is not counted), or "not recorded"."""
-    out = {}
+def verdict_totals(card: pd.DataFrame) -> dict[str, dict[str, int] | None]:
+    """Per kind, the counts reproduced / partially / not summed over the scorecard's rows that recorded it
+    (a table the run left out is not counted); ``None`` for a kind no row recorded. Chapter 08 saves it as
+    its ``verdicts``, so its "Results at a glance" and its row of the index show the suite's totals."""
     judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
+    out: dict[str, dict[str, int] | None] = {}
     for kind in KINDS:
         columns = [f"{kind}_{level}" for level in LEVELS]
         recorded = judged.dropna(subset=columns)
+        out[kind] = {level: int(recorded[f"{kind}_{level}"].sum()) for level in LEVELS} if len(recorded) else None
+    return out
+
+
+def totals(card: pd.DataFrame) -> dict[str, str]:
+    """The index headline: per kind, "reproduced / partially / not" (:func:`verdict_totals`) with how many
+    tables recorded it, or "not recorded"."""
+    judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
+    out = {}
+    for kind, counts in verdict_totals(card).items():
+        tables = len(judged.dropna(subset=[f"{kind}_{level}" for level in LEVELS]))
         out[f"{kind}: reproduced / partially / not"] = (
-            " / ".join(str(int(recorded[c].sum())) for c in columns) + f" ({len(recorded)} tables)"
-            if len(recorded) else "not recorded")
+            " / ".join(str(counts[level]) for level in LEVELS) + f" ({tables} tables)" if counts else "not recorded")
     return out
 
 
@@ -254,5 +265,5 @@ def write_readme_block(readme: str | Path, text: str) -> Path | None:
 
 __all__ = [
     "ChapterReport", "README_BEGIN", "README_END", "efficiency_points", "load_reports", "misses", "readme_table",
-    "scorecard", "totals", "tradeoff_plot", "write_readme_block",
+    "scorecard", "totals", "tradeoff_plot", "verdict_totals", "write_readme_block",
 ]

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from kdrepro import scorecard
+from kdrepro.book import glance
 
 BLOCK = {"cells": {"reproduced": 5, "partially": 1, "not": 2}, "gains": {"reproduced": 3, "partially": 0, "not": 1},
          "claims": {"reproduced": 4, "partially": 1, "not": 0}}
@@ -129,3 +130,13 @@ def test_a_single_override_is_named_in_the_singular(tmp_path):
     (tmp_path / "index.html").write_text("")
     (report,) = scorecard.load_reports(tmp_path)
     assert report.profile == "paper + 1 override"
+
+
+def test_verdict_totals_sum_the_recorded_tables_for_the_glance_and_index(reports):
+    totals = scorecard.verdict_totals(scorecard.scorecard(reports))
+    # Cells: 00_data's flat counts (3 / 1 / 0) plus 04_rrd's table (5 / 1 / 2); gains and claims only 04_rrd's.
+    assert totals == {"cells": {"reproduced": 8, "partially": 2, "not": 2},
+                      "gains": {"reproduced": 3, "partially": 0, "not": 1},
+                      "claims": {"reproduced": 4, "partially": 1, "not": 0}}
+    assert scorecard.verdict_totals(scorecard.scorecard([])) == dict.fromkeys(scorecard.KINDS)
+    assert glance.verdict_counts({"verdicts": totals})["cells"] == {"reproduced": 8, "partially": 2, "not": 2}
