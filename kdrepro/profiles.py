@@ -165,6 +165,9 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "TEACHER_EPOCHS": 2,  # chapter 00's smoke teacher (loaded from its cache)
             "TEACHER_PATIENCE": 0,
             "TEACHER_EVAL_EVERY": 1,
+            "SCHEDULE_METHODS": ["Student", "HTD"],
+            "SCHEDULE_EPOCHS": 4,
+            "SCHEDULE_PATIENCE": 1,
         },
         "quick": {
             # BPR-MF only; teacher and undistilled student load from chapter 00's loo_full quick cache. DE and
@@ -185,6 +188,10 @@ NOTEBOOKS: dict[str, dict[str, dict[str, object]]] = {
             "TEACHER_EPOCHS": 40,  # chapter 00's quick teacher (loaded from its cache)
             "TEACHER_PATIENCE": 2,
             "TEACHER_EVAL_EVERY": 5,
+            # Section 1b: the student and FTD up to 80 epochs (about a minute); DE and HTD left to the paper profile.
+            "SCHEDULE_METHODS": ["Student", "FTD"],
+            "SCHEDULE_EPOCHS": 80,
+            "SCHEDULE_PATIENCE": 2,
         },
         "paper": {
             "MODELS": ["bpr", "neumf", "lightgcn"],

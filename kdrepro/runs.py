@@ -315,9 +315,10 @@ class KDResults:
         raise KeyError(f"no {store} entry for base={base!r}, method={method!r}, seed={seed}, keys={keys}")
 
 
-def method_runs(methods: Sequence[str]) -> list[KDRun]:
-    """One :class:`KDRun` per method label (``"Teacher"``, ``"Student"``, ``"DE"``, ``"DE-RRD"`` …)."""
-    return [KDRun(m) for m in methods]
+def method_runs(methods: Sequence[str], **keys: object) -> list[KDRun]:
+    """One :class:`KDRun` per method label (``"Teacher"``, ``"Student"``, ``"DE"``, ``"DE-RRD"`` …); ``keys``
+    label every run's rows (e.g. ``schedule="..."`` for runs of another setting shown beside the main ones)."""
+    return [KDRun(m, keys=dict(keys)) for m in methods]
 
 
 def size_runs(methods: Sequence[str], phis: Sequence[float]) -> list[KDRun]:

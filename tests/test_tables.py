@@ -70,3 +70,39 @@ def test_precision_runs_set_the_precision_of_every_part_that_has_one():
         runs.precision_runs(["RRD"], "bf16")
     with pytest.raises(ValueError, match="'Student' is not a distillation method"):
         runs.precision_runs(["Student"], "bf16")
+
+
+def test_schedule_table_sets_each_schedule_beside_the_paper_and_its_student_by_hand():
+    def long(method, values, metric="Recall@50"):
+        return [{"dataset": "citeulike-t", "base": "bpr", "method": method, "seed": s, "metric": metric, "value": v}
+                for s, v in enumerate(values)]
+
+    # Capped: seeds 0-2 (seed 2 and FitNet were not run longer, so they are left out); longer: seed 0-1.
+    capped = pd.DataFrame(long("Student", [0.20, 0.22, 0.90]) + long("HTD", [0.24, 0.26, 0.90])
+                          + long("FitNet", [0.5, 0.5, 0.5]) + long("HTD", [0.1, 0.1, 0.1], "NDCG@10"))
+    capped = pd.concat([capped, capped.assign(base="lightgcn")])  # a base not run longer: left out
+    longer = pd.DataFrame(long("Student", [0.23, 0.25]) + long("HTD", [0.27, 0.29]))
+    capped_epochs = {"Student": [90, 100, 1], "HTD": [100, 101, 1]}
+    fits = pd.DataFrame([{"base": b, "method": m, "seed": s, "best_epoch": e, "epochs_run": 101}
+                         for b in ("bpr", "lightgcn") for m, epochs in capped_epochs.items()
+                         for s, e in enumerate(epochs)])
+    longer_epochs = {"Student": [200, 300], "HTD": [400, 500]}
+    longer_fits = pd.DataFrame([{"base": "bpr", "method": m, "seed": s, "best_epoch": e, "epochs_run": e + 50}
+                                for m, epochs in longer_epochs.items() for s, e in enumerate(epochs)])
+    table = compare.schedule_table(capped, longer, fits, longer_fits, ["Recall@50"], "td_table1_main")
+    assert list(table.columns) == compare.SCHEDULE_COLUMNS
+    row = table.set_index("method")
+    # FitNet and LightGCN (not run longer) and NDCG@10 (not asked for) left out.
+    assert list(zip(table["base"], table["method"], strict=True)) == [("BPR", "Student"), ("BPR", "HTD")]
+    # The paper's CiteULike BPR-MF values (TD Table 1): Student 0.2347, HTD 0.2803.
+    assert row.loc["HTD", "paper"] == pytest.approx(0.2803)
+    assert row.loc["HTD", "ours_capped"] == pytest.approx(0.25) and row.loc["HTD", "ours_longer"] == pytest.approx(0.28)
+    assert row.loc["HTD", "rel_capped"] == pytest.approx((0.25 - 0.2803) / 0.2803)
+    assert row.loc["Student", "rel_longer"] == pytest.approx((0.24 - 0.2347) / 0.2347)
+    assert row.loc["HTD", "gain_capped"] == pytest.approx(0.25 / 0.21 - 1)
+    assert row.loc["HTD", "gain_longer"] == pytest.approx(0.28 / 0.24 - 1)
+    assert np.isnan(row.loc["Student", "gain_longer"])
+    assert row.loc["HTD", "best_epoch_capped"] == pytest.approx(100.5)
+    assert (row.loc["HTD", "best_epoch_longer"], row.loc["HTD", "epochs_run_longer"]) == (450, 500)
+    assert (table["n_seeds"] == 2).all()
+    assert compare.schedule_table(capped, longer.iloc[:0], fits, longer_fits, ["Recall@50"], "td_table1_main").empty

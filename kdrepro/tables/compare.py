@@ -207,6 +207,59 @@ def td_gains(
     return pd.DataFrame(rows)
 
 
+SCHEDULE_COLUMNS = ["base", "method", "metric", "paper", "ours_capped", "rel_capped", "ours_longer", "rel_longer",
+                    "gain_capped", "gain_longer", "best_epoch_capped", "best_epoch_longer", "epochs_run_longer",
+                    "n_seeds"]
+
+
+def schedule_table(capped: pd.DataFrame, longer: pd.DataFrame, capped_fits: pd.DataFrame,
+                   longer_fits: pd.DataFrame, metrics: Sequence[str], paper_table: str,
+                   student: str = "Student") -> pd.DataFrame:
+    """The same methods under two training schedules beside the paper: ``capped`` (a fixed number of epochs,
+    TD's) and ``longer`` (trained until validation stops improving).
+
+    ``capped``/``longer``: long test results (``dataset, base, method, seed, metric, value``); only the
+    (base, method) runs and seeds ``longer`` has are read from ``capped``. ``*_fits``: fit records (``base,
+    method, seed, best_epoch, epochs_run``). Per base, method and metric: the paper's value, ours under each schedule
+    (mean over those seeds) and its relative distance to the paper (``rel_*``), the relative gain over
+    ``student`` under the same schedule (``gain_*``, NaN without a student row), and the mean best epoch
+    (and epochs run, ``longer``).
+    """
+    if longer.empty:
+        return pd.DataFrame(columns=SCHEDULE_COLUMNS)
+    seeds, runs = set(longer["seed"]), set(zip(longer["base"], longer["method"], strict=True))
+    keys = ["dataset", "base", "method", "metric"]
+
+    def ran_longer(frame: pd.DataFrame) -> pd.Series:
+        pairs = pd.Series(list(zip(frame["base"], frame["method"], strict=True)), index=frame.index)
+        return frame["seed"].isin(seeds) & pairs.isin(runs)
+
+    def means(results: pd.DataFrame) -> pd.Series:
+        chosen = results[ran_longer(results) & results["metric"].isin(metrics)]
+        return to_paper_names(chosen).groupby(keys, sort=False)["value"].mean()
+
+    def epochs(fits: pd.DataFrame) -> pd.DataFrame:
+        return to_paper_names(fits[ran_longer(fits)]).groupby(["base", "method"])[["best_epoch", "epochs_run"]].mean()
+
+    ours = pd.DataFrame({"ours_capped": means(capped), "ours_longer": means(longer)}).reset_index()
+    paper = long_form(paper_table).set_index(keys)["paper"]
+    ours["paper"] = [paper.get(tuple(row)) for row in ours[keys].itertuples(index=False)]
+    for schedule in ("capped", "longer"):
+        ours[f"rel_{schedule}"] = (ours[f"ours_{schedule}"] - ours["paper"]) / ours["paper"]
+        alone = ours[ours["method"] == student].set_index(["dataset", "base", "metric"])[f"ours_{schedule}"]
+        reference = [alone.get(cell, np.nan)
+                     for cell in ours[["dataset", "base", "metric"]].itertuples(index=False, name=None)]
+        ours[f"gain_{schedule}"] = (ours[f"ours_{schedule}"] - reference) / np.asarray(reference, dtype=float)
+        ours.loc[ours["method"] == student, f"gain_{schedule}"] = np.nan
+    capped_epochs, longer_epochs = epochs(capped_fits), epochs(longer_fits)
+    pairs = list(ours[["base", "method"]].itertuples(index=False, name=None))
+    ours["best_epoch_capped"] = [capped_epochs["best_epoch"].get(p, np.nan) for p in pairs]
+    ours["best_epoch_longer"] = [longer_epochs["best_epoch"].get(p, np.nan) for p in pairs]
+    ours["epochs_run_longer"] = [longer_epochs["epochs_run"].get(p, np.nan) for p in pairs]
+    ours["n_seeds"] = len(seeds)
+    return ours[SCHEDULE_COLUMNS]
+
+
 def fidelity_table(exact: pd.DataFrame, fast: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """The fast path against the exact one, per base, method and metric (issue 12's fidelity guard).
 
