@@ -200,15 +200,19 @@ def _nothing_judged(row: pd.Series) -> bool:
     return not any(pd.isna(v) for v in values) and sum(values) == 0
 
 
+def _recorded(card: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The scorecard's rows that recorded ``kind``, less the tables the run left out (:func:`_nothing_judged`)."""
+    judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
+    return judged.dropna(subset=[f"{kind}_{level}" for level in LEVELS])
+
+
 def verdict_totals(card: pd.DataFrame) -> dict[str, dict[str, int] | None]:
     """Per kind, the counts reproduced / partially / not summed over the scorecard's rows that recorded it
     (a table the run left out is not counted); ``None`` for a kind no row recorded. Chapter 08 saves it as
     its ``verdicts``, so its "Results at a glance" and its row of the index show the suite's totals."""
-    judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
     out: dict[str, dict[str, int] | None] = {}
     for kind in KINDS:
-        columns = [f"{kind}_{level}" for level in LEVELS]
-        recorded = judged.dropna(subset=columns)
+        recorded = _recorded(card, kind)
         out[kind] = {level: int(recorded[f"{kind}_{level}"].sum()) for level in LEVELS} if len(recorded) else None
     return out
 
@@ -216,13 +220,10 @@ def verdict_totals(card: pd.DataFrame) -> dict[str, dict[str, int] | None]:
 def totals(card: pd.DataFrame) -> dict[str, str]:
     """The index headline: per kind, "reproduced / partially / not" (:func:`verdict_totals`) with how many
     tables recorded it, or "not recorded"."""
-    judged = card[~card.apply(_nothing_judged, axis=1)] if len(card) else card
-    out = {}
-    for kind, counts in verdict_totals(card).items():
-        tables = len(judged.dropna(subset=[f"{kind}_{level}" for level in LEVELS]))
-        out[f"{kind}: reproduced / partially / not"] = (
-            " / ".join(str(counts[level]) for level in LEVELS) + f" ({tables} tables)" if counts else "not recorded")
-    return out
+    return {f"{kind}: reproduced / partially / not": (
+                " / ".join(str(counts[level]) for level in LEVELS) + f" ({len(_recorded(card, kind))} tables)"
+                if counts else "not recorded")
+            for kind, counts in verdict_totals(card).items()}
 
 
 def _counts_text(row: pd.Series, kind: str) -> str:

@@ -242,20 +242,17 @@ def schedule_table(capped: pd.DataFrame, longer: pd.DataFrame, capped_fits: pd.D
         return to_paper_names(fits[ran_longer(fits)]).groupby(["base", "method"])[["best_epoch", "epochs_run"]].mean()
 
     ours = pd.DataFrame({"ours_capped": means(capped), "ours_longer": means(longer)}).reset_index()
-    paper = long_form(paper_table).set_index(keys)["paper"]
-    ours["paper"] = [paper.get(tuple(row)) for row in ours[keys].itertuples(index=False)]
+    ours = ours.merge(long_form(paper_table)[[*keys, "paper"]], on=keys, how="left")
+    cell = ["dataset", "base", "metric"]
+    alone = ours.loc[ours["method"] == student, [*cell, "ours_capped", "ours_longer"]]
+    ours = ours.merge(alone, on=cell, how="left", suffixes=("", "_student"))
     for schedule in ("capped", "longer"):
         ours[f"rel_{schedule}"] = (ours[f"ours_{schedule}"] - ours["paper"]) / ours["paper"]
-        alone = ours[ours["method"] == student].set_index(["dataset", "base", "metric"])[f"ours_{schedule}"]
-        reference = [alone.get(cell, np.nan)
-                     for cell in ours[["dataset", "base", "metric"]].itertuples(index=False, name=None)]
-        ours[f"gain_{schedule}"] = (ours[f"ours_{schedule}"] - reference) / np.asarray(reference, dtype=float)
-        ours.loc[ours["method"] == student, f"gain_{schedule}"] = np.nan
+        reference = ours[f"ours_{schedule}_student"]
+        ours[f"gain_{schedule}"] = ((ours[f"ours_{schedule}"] - reference) / reference).where(ours["method"] != student)
     capped_epochs, longer_epochs = epochs(capped_fits), epochs(longer_fits)
-    pairs = list(ours[["base", "method"]].itertuples(index=False, name=None))
-    ours["best_epoch_capped"] = [capped_epochs["best_epoch"].get(p, np.nan) for p in pairs]
-    ours["best_epoch_longer"] = [longer_epochs["best_epoch"].get(p, np.nan) for p in pairs]
-    ours["epochs_run_longer"] = [longer_epochs["epochs_run"].get(p, np.nan) for p in pairs]
+    ours = ours.join(capped_epochs[["best_epoch"]].add_suffix("_capped"), on=["base", "method"])
+    ours = ours.join(longer_epochs.add_suffix("_longer"), on=["base", "method"])
     ours["n_seeds"] = len(seeds)
     return ours[SCHEDULE_COLUMNS]
 
