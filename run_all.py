@@ -15,6 +15,8 @@ resolved (notebook defaults ← profile ← ``-p`` overrides) and checked — na
 ≥ 1, seeds, known models and protocols, the device exists …) — for every selected notebook *before*
 anything runs; it is skipped when nothing it depends on changed since its last successful run
 (``--force`` runs it anyway), executed with papermill in the ``kdrepro`` kernel, rendered and published.
+Before a notebook runs, the recorded fits it loads the weights of and this store lacks (a fresh machine has
+the ledger, not the weights) are refitted through the executor, so every table of a page reads one entry.
 A failed notebook is rendered too; the run goes on and exits non-zero at the end. Only one run at a time
 may write a reports folder; a killed run never costs the last good report.
 

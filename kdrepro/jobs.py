@@ -1024,3 +1024,31 @@ def fill(jobs_by_chapter: Mapping[str, Sequence[FitJob]], *, store: Store | None
     done = run_jobs(every, store=store, ledger=ledger, settings=settings, log=log)
     log(f"fill: {sum(d.trained for d in done.values())} fits computed, {len(done)} complete")
     return done
+
+
+def weights_gone(ledger: Ledger, store: Store) -> bool:
+    """Whether some fit recorded in ``ledger`` has no weights in ``store`` (cheap: no chapter is planned),
+    i.e. whether a chapter might have refits pending (:func:`restore_weights`)."""
+    return any(store.open(e["kind"], e["name"], e["key"], verify=False) is None
+               for e in ledger.entries() if {"kind", "name", "key"} <= e.keys())
+
+
+def restore_weights(jobs_by_chapter: Mapping[str, Sequence[FitJob]], *, store: Store | None = None,
+                    ledger: Ledger | None = None, settings: ExecutorSettings | None = None,
+                    log: Callable[[str], None] = print) -> list[FitJob]:
+    """Refit now the chapters' recorded fits whose weights something reads and the store lacks (the
+    ``refit`` rows of :func:`plan`), and return them.
+
+    A render calls this before its notebook runs. Left to the notebook, a refit happens in the section that
+    first loads the weights, after earlier tables have read the ledger entry the refit may replace
+    (:func:`reconcile_refit`): one page would show two numbers for one fit.
+    """
+    store = store or Store()
+    ledger = ledger or Ledger()
+    pending = {row["key"] for row in plan(jobs_by_chapter, ledger, store) if row["status"] == "refit"}
+    every = {job.key: job for jobs in jobs_by_chapter.values() for j in jobs for job in (*j.requires, j)}
+    todo = [job for key, job in every.items() if key in pending]
+    if todo:
+        log(f"restoring the weights of {len(todo)} recorded fit(s) before the chapter reads the ledger")
+        run_jobs(todo, store=store, ledger=ledger, settings=settings, need_weights=True, log=log)
+    return todo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,34 @@ def test_a_kept_module_is_its_own_fit_in_the_plan_and_a_refit_where_its_weights_
     fresh = {r["key"]: r["status"] for r in jobs.plan({"ch": [student, with_module]}, ledger,
                                                        store=Store(tmp_path / "fresh-machine"))}
     assert fresh == {student.key: "done", with_module.key: "refit", student.teacher.key: "done"}
+
+
+def test_restore_weights_refits_the_pending_refits_first_and_only_those(synthetic_splits, tmp_path):
+    split = synthetic_splits["loo_sampled"]
+    ledger = Ledger(tmp_path / "results")
+    setting = _setting(split, tmp_path / "store")
+    student = runs.kd_job(setting, runs.KDRun("RRD"), "bpr", 0)
+    with_module = runs.kd_job(setting, runs.KDRun("RRD"), "bpr", 0, kind=jobs.MODULE_KIND)
+    run_jobs([student, with_module], store=Store(tmp_path / "store"), ledger=ledger, settings=ExecutorSettings(),
+             log=lambda _: None)
+    here, fresh = Store(tmp_path / "store"), Store(tmp_path / "fresh-machine")
+    shutil.copytree(tmp_path / "store" / "splits", tmp_path / "fresh-machine" / "splits")  # as planning leaves it
+    assert not jobs.weights_gone(ledger, here) and jobs.weights_gone(ledger, fresh)
+    recorded = ledger.get(with_module)
+    messages: list[str] = []
+    restored = jobs.restore_weights({"ch": [student, with_module]}, store=fresh, ledger=ledger,
+                                    settings=ExecutorSettings(), log=messages.append)
+    # Only the module a section loads is refitted (its teacher's outputs come with it); the student's entry
+    # is read from the ledger without weights.
+    assert [job.key for job in restored] == [with_module.key]
+    assert fresh.open(with_module.kind, with_module.name, with_module.key) is not None
+    assert fresh.open(student.kind, student.name, student.key) is None
+    assert "restoring the weights of 1 recorded fit(s)" in messages[0]
+    refitted = ledger.get(with_module)
+    assert refitted["test"] == recorded["test"] and len(refitted["refits"]) == 1  # the same numbers on CPU
+    assert {r["status"] for r in jobs.plan({"ch": [student, with_module]}, ledger, store=fresh)} == {"done"}
+    assert jobs.restore_weights({"ch": [student, with_module]}, store=fresh, ledger=ledger,
+                                settings=ExecutorSettings(), log=messages.append) == []
 
 
 def test_match_keeps_the_fits_whose_plan_line_matches_and_their_teachers_stay_required(synthetic_splits, tmp_path):

@@ -290,6 +290,39 @@ def test_a_narrowed_run_says_what_the_whole_profile_still_lacks(books, tmp_path,
     assert "Not yet computed" not in (reports / "00_ok.html").read_text(encoding="utf-8")
 
 
+def test_a_render_restores_missing_weights_before_its_notebook_runs(books, tmp_path, monkeypatch):
+    calls = []
+    reports = tmp_path / "reports"
+
+    def collect(chapters, **_):
+        stem, _, parameters = chapters[0]
+        calls.append(("planned", stem, parameters["X"]))
+        return {stem: ["enumerated"]}
+
+    def restore(found, **_):
+        calls.append(("restored", found))
+        return ["fit a", "fit b"]
+
+    def papermill_run(*args, **kwargs):
+        calls.append(("notebook",))
+        return papermill_execute(*args, **kwargs)
+
+    papermill_execute = execute.papermill.execute_notebook
+    monkeypatch.setattr(execute.papermill, "execute_notebook", papermill_run)
+
+    monkeypatch.setattr(execute.fit_jobs, "collect_jobs", collect)
+    monkeypatch.setattr(execute.fit_jobs, "restore_weights", restore)
+    monkeypatch.setattr(execute.fit_jobs, "weights_gone", lambda ledger, store: False)
+    [manifest] = run(books, reports, ["00_ok"], profile="quick")
+    assert manifest["refitted_before_run"] == 0 and calls == [("notebook",)], "nothing planned: no weights gone"
+    calls.clear()
+    monkeypatch.setattr(execute.fit_jobs, "weights_gone", lambda ledger, store: True)
+    [manifest] = run(books, reports, ["00_ok"], profile="quick", params=["X=5"], force=True)
+    assert manifest["status"] == "ok" and manifest["refitted_before_run"] == 2
+    # Planned with the parameters it runs with; the refits come before the notebook runs.
+    assert calls[:3] == [("planned", "00_ok", 5), ("restored", {"00_ok": ["enumerated"]}), ("notebook",)]
+
+
 def test_as_published_reruns_each_chapter_under_the_settings_its_page_states(books, tmp_path):
     reports = tmp_path / "reports"
     [first] = run(books, reports, ["00_ok"], profile="smoke", params=["X=5", 'NAME="paper-ish"'])

@@ -57,6 +57,7 @@ from kdrepro.book.params import (
     declared_parameters,
     parse_override,
 )
+from kdrepro.store import Store
 
 ROOT = provenance.ROOT
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -408,6 +409,21 @@ def remaining_fits(job: Job, ctx: Context) -> dict[str, Any] | None:
             "estimate": "/".join(sorted({row["estimate"] for row in todo.values()})), "command": command}
 
 
+def restore_refits(job: Job, ctx: Context) -> int:
+    """Refit, before the notebook runs, the recorded fits of this chapter whose weights the store lacks
+    (:func:`kdrepro.jobs.restore_weights`), so that every table of the page reads the same ledger entry.
+    Returns how many; plans the chapter only when some recorded fit has no weights here at all."""
+    if not fit_jobs.weights_gone(fit_jobs.Ledger(), Store()):
+        return 0
+    with tempfile.TemporaryDirectory(prefix="kdrepro-refits-") as workdir:
+        parameters = dict(job.parameters)
+        if "RESULTS_DIR" in parameters:
+            parameters["RESULTS_DIR"] = str(Path(workdir) / "results")
+        found = fit_jobs.collect_jobs([(job.stem, job.path, parameters)], kernel=ctx.kernel, workdir=workdir,
+                                      log=ctx.log)
+    return len(fit_jobs.restore_weights(found, log=ctx.log))
+
+
 def execute(job: Job, ctx: Context) -> dict:
     """Run one notebook (or skip it when unchanged) and return its manifest."""
     folder = ctx.reports_dir / job.stem
@@ -457,6 +473,7 @@ def execute(job: Job, ctx: Context) -> dict:
     os.environ.setdefault("TQDM_MININTERVAL", "2")  # tqdm's own switch: fewer stored progress refreshes
     try:
         with provenance.PeakMemory() as memory, Progress(job.stem, ctx.log) as progress:
+            manifest["refitted_before_run"] = restore_refits(job, ctx)
             papermill.execute_notebook(
                 str(job.path),
                 str(executed),
