@@ -57,6 +57,7 @@ from kdrepro.distill import make_config
 from kdrepro.distill.hetcomp import TeacherTrajectories
 from kdrepro.efficiency import count_parameters
 from kdrepro.evaluate import evaluate
+from kdrepro.kernels import PrivateSocketKernelManager
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
 from kdrepro.splits import Split, load_split
@@ -822,7 +823,8 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
                 papermill.execute_notebook(str(path), str(workdir / f"{stem}.ipynb"), parameters=dict(parameters),
                                            kernel_name=kernel, progress_bar=False, allow_errors=True,
                                            cwd=str(Path(path).parent), execution_timeout=timeout,
-                                           interrupt_on_timeout=True)
+                                           interrupt_on_timeout=True,
+                                           kernel_manager_class=PrivateSocketKernelManager)
             except papermill.PapermillExecutionError:
                 pass  # sections that need weights fail while planning; their jobs are recorded all the same
             lines = [line for line in plan_file.read_text().splitlines() if line.strip()]

@@ -57,6 +57,7 @@ from kdrepro.book.params import (
     declared_parameters,
     parse_override,
 )
+from kdrepro.kernels import PrivateSocketKernelManager
 from kdrepro.store import Store
 
 ROOT = provenance.ROOT
@@ -486,6 +487,7 @@ def execute(job: Job, ctx: Context) -> dict:
                 stdout_file=progress,
                 execution_timeout=ctx.timeout,
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                kernel_manager_class=PrivateSocketKernelManager,
             )
     except Exception as exc:  # noqa: BLE001 - a failed notebook is recorded and rendered; the run goes on
         error = error_text(exc)
