@@ -57,9 +57,9 @@ from kdrepro.distill import make_config
 from kdrepro.distill.hetcomp import TeacherTrajectories
 from kdrepro.efficiency import count_parameters
 from kdrepro.evaluate import evaluate
-from kdrepro.kernels import PrivateSocketKernelManager
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
+from kdrepro.notebook_kernel import PrivateSocketKernelManager
 from kdrepro.splits import Split, load_split
 from kdrepro.store import Store, code_digest
 from kdrepro.train import PLAN_FILE_ENV, FitResult, TrainConfig, fit, resolve_device

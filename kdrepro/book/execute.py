@@ -57,7 +57,7 @@ from kdrepro.book.params import (
     declared_parameters,
     parse_override,
 )
-from kdrepro.kernels import PrivateSocketKernelManager
+from kdrepro.notebook_kernel import PrivateSocketKernelManager
 from kdrepro.store import Store
 
 ROOT = provenance.ROOT
