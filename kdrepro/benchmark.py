@@ -46,7 +46,9 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
   ``fits8_local_speedup_x`` = serial / local; ``local_overhead_per_fit_s`` / ``ray_overhead_per_fit_s`` =
   (wall × workers − serial) / fits, the worker-seconds each fit costs beyond its own compute (process
   start, transfers, scheduling). ``--no-executors`` skips them.
-- Peak memory is not seconds and is reported on stderr only, as is a table of each figure beside the
+- Peak memory is not seconds and is reported on stderr only, as are the cores other processes kept busy
+  while the in-process figures were measured (:class:`kdrepro.efficiency.CPUContention`; above
+  ``IDLE_OTHER_CORES`` it is a warning: the figures are inflated) and a table of each figure beside the
   project's target and the authors' code on the same 2-core machine (METHODS.md §6), with their ratio.
 """
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -70,9 +73,11 @@ except ImportError:  # pragma: no cover
     ray = None
 
 from kdrepro import data, jobs, splits
+from kdrepro.data import Interactions
 from kdrepro.distill import build as build_method
 from kdrepro.distill.concf import ConCF, ConCFConfig
 from kdrepro.distill.hetcomp import HetComp, HetCompConfig, TeacherTrajectories, ensemble_outputs
+from kdrepro.efficiency import IDLE_OTHER_CORES, CPUContention
 from kdrepro.evaluate import evaluate
 from kdrepro.models import ModelConfig, build
 from kdrepro.models.multihead import MultiHeadCF
@@ -333,12 +338,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures = executor_seconds(sampled)
         print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
         return figures
-    if args.only_concf:
-        figures = concf_seconds(store.split(dataset, "holdout", 0), args.repeats)
-        print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
-        print(comparison_table(figures), file=sys.stderr)
-        return figures
+    with CPUContention() as contention:  # the executors' workers are other processes: measured apart
+        figures = in_process_seconds(args, dataset, store, sampled, full)
+    if not args.only_concf and not args.no_executors:
+        figures.update(executor_seconds(sampled))
+    print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+    print(comparison_table(figures), file=sys.stderr)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"dataset={dataset!r} threads={torch.get_num_threads()} peak_rss_mb={peak_mb:.0f}", file=sys.stderr)
+    print(contention_line(contention.other_cores), file=sys.stderr)
+    return figures
 
+
+def in_process_seconds(args: argparse.Namespace, dataset: Interactions, store: Store, sampled: splits.Split,
+                       full: splits.Split) -> dict[str, float]:
+    """Every figure measured in this process (all but the executors' batch), as ``main``'s flags select."""
+    if args.only_concf:
+        return concf_seconds(store.split(dataset, "holdout", 0), args.repeats)
     figures: dict[str, float] = {
         "bpr_epoch_dim200_s": bpr_epoch_seconds(sampled, 200, args.repeats),
         "bpr_epoch_dim20_s": bpr_epoch_seconds(sampled, 20, args.repeats),
@@ -349,22 +365,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["eval_full_all_users_s"] = _best(lambda: evaluate(model, full, "test"), args.repeats)
     evaluate(model, sampled, "test")
     figures["eval_loo_sampled_s"] = _best(lambda: evaluate(model, sampled, "test"), args.repeats)
-
     if not args.no_methods:
         figures.update(base_model_seconds({"loo_sampled": sampled, "loo_full": full}, args.repeats))
         figures.update(method_epoch_seconds(sampled, full, args.repeats))
         figures.update(concf_seconds(store.split(dataset, "holdout", 0), args.repeats))
         figures.update(hetcomp_seconds(store.split(dataset, "holdout", 0), args.repeats))
         figures.update(trajectory_seconds(store.split(dataset, "holdout", 0), args.repeats))
-
-    if not args.no_executors:
-        figures.update(executor_seconds(sampled))
-    print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
-    print(comparison_table(figures), file=sys.stderr)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"dataset={dataset!r} threads={torch.get_num_threads()} peak_rss_mb={peak_mb:.0f}", file=sys.stderr)
     return figures
 
+
+def contention_line(other_cores: float) -> str:
+    """The stderr line that says whether the figures were measured on an otherwise idle machine."""
+    if math.isnan(other_cores):  # no /proc/stat
+        return "other processes' CPU use: not measurable on this system"
+    if other_cores < IDLE_OTHER_CORES:
+        return f"other processes kept {other_cores:.2f} cores busy on average: an idle machine"
+    return (f"WARNING: other processes kept {other_cores:.2f} cores busy on average while the figures were "
+            "measured: they are inflated; rerun on an idle machine before comparing them with the targets")
 
 if __name__ == "__main__":
     main()

@@ -36,7 +36,7 @@ from kdrepro._io import stable_hash
 from kdrepro.concf_task import decode_hits
 from kdrepro.data import Interactions
 from kdrepro.distill.concf import ConCFConfig, ConsensusScorer
-from kdrepro.efficiency import count_parameters, time_recommend_all
+from kdrepro.efficiency import CONTENTION_COLUMN, count_parameters, time_recommend_all
 from kdrepro.models.multihead import MultiHeadCF
 from kdrepro.splits import Split
 from kdrepro.store import Store
@@ -391,17 +391,18 @@ def balancing_weights(item: ConCFFit, ax=None) -> Figure:
 def inference_cost(concf: ConCFFit, single: ConCFFit, split: Split, top_n: int = 50, repeats: int = 3,
                    consensus_top_n: int = 100, temperature: float = 10.0) -> pd.DataFrame:
     """Parameters and best-of-``repeats`` seconds to produce every user's top-``top_n`` (training items
-    masked): ConCF's kept head, SingleCF of the same objective, and keeping every head (the consensus).
+    masked), with the cores other processes kept busy meanwhile: ConCF's kept head, SingleCF of the same
+    objective, and keeping every head (the consensus).
     Measured on freshly built models of the fits' architectures (:meth:`ConCFFit.architecture`)."""
     model, single_model = concf.architecture(split), single.architecture(split)
     scorer = ConsensusScorer(model, split, "valid", consensus_top_n, temperature)
-    rows = [
-        ("ConCF, kept head", model.target_parameters(), time_recommend_all(model, split, top_n, repeats=repeats)),
-        (f"{single.run.label}", count_parameters(single_model),
-         time_recommend_all(single_model, split, top_n, repeats=repeats)),
-        (f"ConCF, all {len(model.heads)} heads (consensus)", count_parameters(model),
-         time_recommend_all(scorer, split, top_n, repeats=repeats)),
-    ]
-    table = pd.DataFrame(rows, columns=["model", "parameters", f"top{top_n}_all_users_s"])
+    rows = []
+    timed = [("ConCF, kept head", model.target_parameters(), model),
+             (f"{single.run.label}", count_parameters(single_model), single_model),
+             (f"ConCF, all {len(model.heads)} heads (consensus)", count_parameters(model), scorer)]
+    for name, parameters, recommender in timed:
+        timing = time_recommend_all(recommender, split, top_n, repeats=repeats)
+        rows.append((name, parameters, timing.seconds, timing.other_cores_busy))
+    table = pd.DataFrame(rows, columns=["model", "parameters", f"top{top_n}_all_users_s", CONTENTION_COLUMN])
     table["parameters_vs_singlecf"] = table["parameters"] / table["parameters"].iloc[1]
     return table

@@ -1,9 +1,17 @@
-"""Efficiency measurements: parameter counts and time to recommend for all users."""
+"""Efficiency measurements: parameter counts, time to recommend for all users, and how busy the machine was.
+
+A timing taken while other processes use the cores is inflated (a campaign's fits beside a render made the
+chapters' top-50 times 1.6–2.2× slower), so every timing carries :class:`CPUContention`'s reading of the
+cores other processes kept busy meanwhile, and the tables show it beside their seconds.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,11 +31,59 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: The column of the timing tables that holds :attr:`Timing.other_cores_busy`.
+CONTENTION_COLUMN = "other_cores_busy"
+#: Other processes' load (cores) under which a timing counts as taken on an idle machine: a shell, the
+#: render's driver and the kernel's own helpers together stay below it.
+IDLE_OTHER_CORES = 0.2
+
+
+def machine_busy_seconds(stat: str | os.PathLike = "/proc/stat") -> float:
+    """CPU seconds every process of the machine has spent busy since boot (Linux ``/proc/stat``: user,
+    nice, system, irq, softirq and steal — time a hypervisor gave to others); NaN where there is no such file."""
+    try:
+        first = Path(stat).read_text().split("\n", 1)[0].split()
+    except OSError:
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CPUContention:
+    """``with CPUContention() as c: ...`` then ``c.other_cores``: the cores other processes kept busy, on
+    average, while the block ran — the machine's busy CPU seconds (:func:`machine_busy_seconds`) less this
+    process's (every thread), over the wall seconds. NaN off Linux. Clock ticks are 10 ms, so a block
+    shorter than about a second reads coarsely."""
+
+    def __init__(self, stat: str | os.PathLike = "/proc/stat") -> None:
+        self.stat = stat
+        self.other_cores = math.nan
+
+    def __enter__(self) -> CPUContention:
+        self._start = (time.perf_counter(), time.process_time(), machine_busy_seconds(self.stat))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        wall, own, busy = (time.perf_counter(), time.process_time(), machine_busy_seconds(self.stat))
+        elapsed = wall - self._start[0]
+        others = (busy - self._start[2]) - (own - self._start[1])
+        self.other_cores = max(0.0, others / elapsed) if elapsed > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A best-of-repeats time and the cores other processes kept busy while it was measured."""
+
+    seconds: float
+    other_cores_busy: float
+
+
 @torch.no_grad()
 def time_recommend_all(
     model: nn.Module, split: Split, top_n: int = 50, *, batch_size: int = 1024, repeats: int = 3
-) -> float:
-    """Best-of-``repeats`` wall seconds to produce top-``top_n`` lists (training items masked) for all users.
+) -> Timing:
+    """Best-of-``repeats`` wall seconds to produce top-``top_n`` lists (training items masked) for all users,
+    with the cores other processes kept busy over all passes (:class:`CPUContention`).
 
     Runs on the model's current device (CPU or CUDA); one untimed warm-up pass first. Refused while a
     chapter is executed to enumerate its fits (``--plan``): a timing fits nothing, and NeuMF's lists for all
@@ -46,5 +102,7 @@ def time_recommend_all(
         _synchronize(device)
         return time.perf_counter() - start
 
-    one_pass()
-    return min(one_pass() for _ in range(repeats))
+    with CPUContention() as contention:
+        one_pass()
+        seconds = min(one_pass() for _ in range(repeats))
+    return Timing(seconds, contention.other_cores)

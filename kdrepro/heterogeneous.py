@@ -27,7 +27,7 @@ import torch
 
 from kdrepro import jobs
 from kdrepro.distill.hetcomp import TeacherTrajectories, ensemble_topk
-from kdrepro.efficiency import count_parameters, time_recommend_all
+from kdrepro.efficiency import CONTENTION_COLUMN, CPUContention, count_parameters, time_recommend_all
 from kdrepro.evaluate import gather_rows
 from kdrepro.metrics import PROTOCOL_METRICS, per_user_metrics
 from kdrepro.models import ModelConfig, build
@@ -208,26 +208,31 @@ def efficiency_table(runs: Sequence[TeacherTrajectory], split: Split, student_di
                      device: str = "cpu") -> pd.DataFrame:
     """Inference cost: parameters and wall seconds to produce top-``top_n`` lists for all users, per teacher,
     for the ensemble (every teacher's top-``ensemble_top_n`` plus the aggregation, measured) and for the
-    student. Cost depends on the architecture only: measured on freshly built models of the same sizes."""
+    student, with the cores other processes kept busy meanwhile (the ensemble's: the largest of its parts').
+    Cost depends on the architecture only: measured on freshly built models of the same sizes."""
     rows = []
     for run in runs:
         torch.manual_seed(0)
         model = build(ModelConfig(run.kind, run.dim), split).to(device)
+        timing = time_recommend_all(model, split, ensemble_top_n, repeats=repeats)
         rows.append({"model": TEACHER_LABELS[run.kind], "parameters": count_parameters(model),
-                     "seconds_all_users": time_recommend_all(model, split, ensemble_top_n, repeats=repeats)})
+                     "seconds_all_users": timing.seconds, CONTENTION_COLUMN: timing.other_cores_busy})
     lists = torch.from_numpy(np.stack([run.rankings[-1] for run in runs]))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        ensemble_topk(lists, top_n, temperature, split.num_items)
-    aggregation = (time.perf_counter() - start) / repeats
+    with CPUContention() as contention:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            ensemble_topk(lists, top_n, temperature, split.num_items)
+        aggregation = (time.perf_counter() - start) / repeats
     teachers_frame = pd.DataFrame(rows)
     rows.append({"model": "Ensemble (all teachers + aggregation)",
                  "parameters": int(teachers_frame["parameters"].sum()),
-                 "seconds_all_users": float(teachers_frame["seconds_all_users"].sum()) + aggregation})
+                 "seconds_all_users": float(teachers_frame["seconds_all_users"].sum()) + aggregation,
+                 CONTENTION_COLUMN: max(teachers_frame[CONTENTION_COLUMN].max(), contention.other_cores)})
     torch.manual_seed(0)
     student = build(ModelConfig("bpr", student_dim), split).to(device)
+    timing = time_recommend_all(student, split, top_n, repeats=repeats)
     rows.append({"model": f"Student (MF, dim {student_dim})", "parameters": count_parameters(student),
-                 "seconds_all_users": time_recommend_all(student, split, top_n, repeats=repeats)})
+                 "seconds_all_users": timing.seconds, CONTENTION_COLUMN: timing.other_cores_busy})
     table = pd.DataFrame(rows)
     ensemble_row = table.iloc[-2]
     table["parameters_vs_ensemble"] = table["parameters"] / ensemble_row["parameters"]

@@ -31,6 +31,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from kdrepro._io import atomic_write, write_json
+from kdrepro.efficiency import CONTENTION_COLUMN, IDLE_OTHER_CORES
 
 VERDICT_COLOURS = {
     "reproduced": "#d4edda",
@@ -321,14 +322,16 @@ def show_table(table: pd.DataFrame, precision: int = 4):
     when the table needs the room (also after underscores); headers in words. A text column holding the
     same value on every row (of two or more) goes to the caption ("dataset: CiteULike · base: mlp64"); a
     table of at most TRANSPOSE_ROWS rows and more than TRANSPOSE_COLUMNS columns is shown turned, one row
-    per column. No index column.
+    per column. No index column. A timing table's :data:`~kdrepro.efficiency.CONTENTION_COLUMN` also
+    puts in the caption whether its seconds were measured on an otherwise idle machine (:func:`timing_caption`).
     """
+    timing = timing_caption(table)
     constant = [
         c for c in table.columns if len(table) >= 2 and _is_text(table[c]) and table[c].nunique(dropna=False) == 1
     ]
     if len(constant) == len(table.columns):
         constant = []
-    caption = " · ".join(f"{_label(c)}: {table[c].iloc[0]}" for c in constant)
+    caption = " · ".join([f"{_label(c)}: {table[c].iloc[0]}" for c in constant] + ([timing] if timing else []))
     table = table.drop(columns=constant)
     formats: dict[Any, Any] = {}
     for c in table.columns:
@@ -357,6 +360,18 @@ def show_table(table: pd.DataFrame, precision: int = 4):
     if caption:
         styler = styler.set_caption(html.escape(caption))
     return styler.hide(axis="index")
+
+
+def timing_caption(table: pd.DataFrame) -> str:
+    """How clean a timing table's seconds are, from its :data:`~kdrepro.efficiency.CONTENTION_COLUMN`
+    (the cores other processes kept busy while each row was timed); "" without that column or a reading."""
+    if CONTENTION_COLUMN not in table or not table[CONTENTION_COLUMN].notna().any():
+        return ""
+    busiest = float(table[CONTENTION_COLUMN].max())
+    if busiest < IDLE_OTHER_CORES:
+        return f"timed on an otherwise idle machine (other processes: at most {busiest:.2f} cores)"
+    return (f"⚠ timed while other processes kept up to {busiest:.2f} cores busy: these seconds are inflated; "
+            "rerun on an idle machine before comparing them")
 
 
 def _turned(table: pd.DataFrame, formats: Mapping[Any, Any], caption: str):

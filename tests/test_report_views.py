@@ -196,6 +196,16 @@ def test_a_short_wide_table_is_shown_turned():
     assert re.findall(r"<th [^>]*>([^<]*)</th>", narrow)[:2] == ["teacher", "metric 0"], "narrow tables stay"
 
 
+def test_a_timing_table_says_in_its_caption_whether_the_machine_was_idle():
+    timed = pd.DataFrame({"phi": [1.0, 0.1], "seconds_all_users": [0.86, 0.48], "other_cores_busy": [0.03, 0.08]})
+    assert "otherwise idle machine (other processes: at most 0.08 cores)" in report.show_table(timed).to_html()
+    timed.loc[1, "other_cores_busy"] = 1.02
+    loaded = report.show_table(timed).to_html()
+    assert "⚠ timed while other processes kept up to 1.02 cores busy" in loaded and ">1.0200</td>" in loaded
+    assert report.timing_caption(timed.drop(columns="other_cores_busy")) == ""
+    assert report.timing_caption(timed.assign(other_cores_busy=float("nan"))) == "", "no reading off Linux"
+
+
 def test_a_figure_is_described_from_what_it_draws_and_the_png_keeps_it(tmp_path):
     rows = [
         {"base": "bpr", "method": m, "phi": phi, "metric": metric, "value": 0.3 + phi / 10, "seed": 0}

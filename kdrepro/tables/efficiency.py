@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdrepro.efficiency import count_parameters, time_recommend_all
+from kdrepro.efficiency import CONTENTION_COLUMN, count_parameters, time_recommend_all
 from kdrepro.models import ModelConfig
 from kdrepro.models import build as build_model
 from kdrepro.paper import PAPER_BASES, PAPER_DATASETS, load_table
@@ -37,8 +37,8 @@ def efficiency_table(
     ``results``: long form with the ``"Teacher"`` rows and ``method`` rows keyed by ``phi``
     (:func:`size_runs`); a φ without such rows gets no ratio. Parameters and time depend only on the
     architecture, so they are measured on a freshly built model of each size (φ = 1 is the teacher's
-    size), best of ``repeats`` on ``device``. The paper's seconds come from the authors' hardware: compare
-    how time scales with φ, not the values.
+    size), best of ``repeats`` on ``device``, with the cores other processes kept busy meanwhile. The
+    paper's seconds come from the authors' hardware: compare how time scales with φ, not the values.
     """
     paper = load_table(paper_table)
     dataset = PAPER_DATASETS.get(split.dataset.lower(), split.dataset)
@@ -56,14 +56,16 @@ def efficiency_table(
                 torch.manual_seed(0)
                 model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
             value = ours[np.isclose(ours["phi"], phi)]["value"].mean() if "phi" in ours else np.nan
+            timing = time_recommend_all(model, split, top_n, repeats=repeats)
             match = paper[(paper["dataset"] == dataset) & (paper["base"] == PAPER_BASES.get(base, base))
                           & np.isclose(paper["phi"], phi)]
             rows.append({
                 "base": base, "phi": float(phi), "dim": dim,
                 "parameters_millions": count_parameters(model) / 1e6,
                 "paper_parameters_millions": match["params_millions"].iloc[0] if len(match) else np.nan,
-                "seconds_all_users": time_recommend_all(model, split, top_n, repeats=repeats),
+                "seconds_all_users": timing.seconds,
                 "paper_seconds_all_users": match["seconds_all_users"].iloc[0] if len(match) else np.nan,
+                CONTENTION_COLUMN: timing.other_cores_busy,
                 f"{method} {metric}": value, "ratio_to_teacher": value / teacher_value,
                 "paper_ratio_to_teacher": match["hr5_ratio_to_teacher"].iloc[0] if len(match) else np.nan,
             })
@@ -84,7 +86,8 @@ def inference_times(
 
     Time depends only on the architecture, so it is measured on a freshly built model of each size.
     Long form for :func:`kdrepro.report.sweep_plot`: ``base, method ("Student"; φ = 1 is the teacher's
-    size), phi, dim, parameters, seed (0), metric ("seconds"), value``.
+    size), phi, dim, parameters, seed (0), metric ("seconds"), value, other_cores_busy`` (what other
+    processes used meanwhile, :data:`kdrepro.efficiency.CONTENTION_COLUMN`).
     """
 
     rows = []
@@ -94,7 +97,8 @@ def inference_times(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # weights do not matter for timing; a fixed draw keeps runs alike
                 model = build_model(ModelConfig(base, dim), split).to(resolve_device(device))
+            timing = time_recommend_all(model, split, top_n, repeats=repeats)
             rows.append({"base": base, "method": "Student", "phi": float(phi), "dim": dim,
                          "parameters": count_parameters(model), "seed": 0, "metric": "seconds",
-                         "value": time_recommend_all(model, split, top_n, repeats=repeats)})
+                         "value": timing.seconds, CONTENTION_COLUMN: timing.other_cores_busy})
     return pd.DataFrame(rows)
