@@ -544,6 +544,18 @@ RESULT_FIELDS = ("test", "valid", "best_epoch", "epochs_run", "test_ranks", "ext
 RUN_FIELDS = ("seconds", "epoch_s", "threads", "device", "cpu", "versions", "git_sha")
 
 
+#: With this variable naming a file, :func:`run_jobs` appends to it one JSON line per ledger entry it hands
+#: back (``{"entry": "<dataset>/<kind>/<name>-<key>.json", "digest": ...}``): a render records what its page
+#: read, and a later run can tell when a refit has since superseded a number the page shows.
+READS_FILE_ENV = "KDREPRO_LEDGER_READS_FILE"
+
+
+def entry_digest(entry: Mapping) -> str:
+    """A hash of what a page can read of a ledger entry: all of it but ``refits`` (a refit that gives the
+    recorded numbers leaves the entry's record as it was) and the ``path`` :meth:`Ledger.entries` adds."""
+    return stable_hash({k: v for k, v in entry.items() if k not in ("refits", "path")})
+
+
 def reconcile_refit(earlier: dict, fresh: dict) -> dict:
     """The entry to keep when a recorded fit is trained again to restore its weights.
 
@@ -568,8 +580,26 @@ class Ledger:
         self._git = _git_sha()
         self._versions = package_versions(VERSIONED_PACKAGES)
 
+    @staticmethod
+    def entry_name(job: FitJob) -> str:
+        """``<dataset>/<kind>/<name>-<key>.json``: the entry's path under any ledger root."""
+        return f"{job.dataset}/{job.kind}/{job.name}-{job.key}.json"
+
     def path(self, job: FitJob) -> Path:
-        return self.root / job.dataset / job.kind / f"{job.name}-{job.key}.json"
+        return self.root / self.entry_name(job)
+
+    def changed(self, reads: Mapping[str, str]) -> list[str]:
+        """The entries of ``reads`` (``{"<dataset>/<kind>/<name>-<key>.json": entry_digest}``, what a page
+        read) that are gone or no longer have that digest (a refit superseded them), sorted."""
+        changed = []
+        for name, digest in sorted(reads.items()):
+            try:
+                current = entry_digest(json.loads((self.root / name).read_text()))
+            except (OSError, ValueError):
+                current = None
+            if current != digest:
+                changed.append(name)
+        return changed
 
     def get(self, job: FitJob) -> dict | None:
         path = self.path(job)
@@ -713,7 +743,7 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
         else:
             missing.append(job)
     if not missing:
-        return done
+        return _reads_noted(done)
     needed = {d.key: d for j in missing for d in j.requires}  # teachers, a task's inputs
     missing_keys = {j.key for j in missing}
     needed_jobs = [d for k, d in needed.items() if store.open(d.kind, d.name, d.key) is None and k not in missing_keys]
@@ -757,6 +787,16 @@ def run_jobs(jobs: Sequence[FitJob], *, store: Store | None = None, ledger: Ledg
             log(f"[fit {count}/{total}] {job.label or job.name} seed {job.seed}: trained in "
                 f"{outcome.result['seconds']:.1f} s, best epoch {outcome.result['best_epoch']}; "
                 f"{_eta(started, count, total)}")
+    return _reads_noted(done)
+
+
+def _reads_noted(done: dict[str, Done]) -> dict[str, Done]:
+    """``done``, its entries appended to the :data:`READS_FILE_ENV` file first when one is named."""
+    reads_file = os.environ.get(READS_FILE_ENV)
+    if reads_file:
+        with open(reads_file, "a") as handle:
+            handle.writelines(json.dumps({"entry": Ledger.entry_name(d.job), "digest": entry_digest(d.entry)}) + "\n"
+                              for d in done.values())
     return done
 
 

@@ -336,6 +336,32 @@ def test_a_refit_with_other_numbers_becomes_the_record_and_keeps_the_earlier_num
                                      "epochs_run": 31, **{k: earlier.get(k) for k in jobs.RUN_FIELDS}}]
 
 
+def test_run_jobs_notes_what_it_read_and_the_ledger_tells_a_superseded_entry_from_a_matching_refit(
+        synthetic_splits, tmp_path, monkeypatch):
+    split = synthetic_splits["loo_sampled"]
+    ledger, store = Ledger(tmp_path / "results"), Store(tmp_path / "store")
+    work = _jobs(split, tmp_path / "store")[:2]  # a teacher and a student, seed 0
+    reads = tmp_path / "reads.jsonl"
+    monkeypatch.setenv(jobs.READS_FILE_ENV, str(reads))
+    done = run_jobs(work, store=store, ledger=ledger, log=lambda _: None)  # trained now
+    run_jobs(work, store=store, ledger=ledger, log=lambda _: None)  # from the ledger
+    lines = [json.loads(line) for line in reads.read_text().splitlines()]
+    assert len(lines) == 4 and {line["entry"] for line in lines} == {Ledger.entry_name(j) for j in work}
+    read = {line["entry"]: line["digest"] for line in lines}
+    assert ledger.changed(read) == []
+    student = ledger.path(work[1])
+    entry = json.loads(student.read_text())
+    same = jobs.reconcile_refit(entry, {**entry, "seconds": 1.0})  # a refit that gives the recorded numbers
+    student.write_text(json.dumps(same))
+    assert ledger.changed(read) == [], "a matching refit changes nothing a page shows"
+    other = jobs.reconcile_refit(same, {**entry, "test": {**entry["test"], "HR@5": entry["test"]["HR@5"] + 0.01}})
+    student.write_text(json.dumps(other))
+    assert ledger.changed(read) == [Ledger.entry_name(work[1])]
+    ledger.path(work[0]).unlink()
+    assert ledger.changed(read) == sorted(Ledger.entry_name(j) for j in work), "a vanished entry counts too"
+    assert done[work[1].key].entry["key"] == work[1].key
+
+
 @pytest.mark.parametrize("protocol", ["loo_sampled", "loo_full"])
 def test_the_ledger_s_held_out_ranks_give_every_per_user_metric(synthetic_splits, tmp_path, protocol):
     split = synthetic_splits[protocol]

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from kdrepro import report
-from kdrepro.book import execute, glance, params, render
+from kdrepro.book import execute, glance, index, params, render
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -385,6 +385,35 @@ def test_unchanged_notebooks_are_skipped_until_something_changes(books, tmp_path
     write_notebook(books, "00_ok", PROGRESS, SAVE + "\nprint('edited')")
     edited = run(books, reports, ["00_ok"], profile="smoke", params=["X=4"])[0]
     assert not edited.get("skipped_in_last_run")
+
+
+READS_ENTRY = """import json, os, pathlib
+from kdrepro import jobs
+name = "toy/students/fit-k.json"  # what run_jobs notes for each entry it hands back
+entry = json.loads((pathlib.Path(os.environ["KDREPRO_RESULTS_DIR"]) / name).read_text())
+with open(os.environ[jobs.READS_FILE_ENV], "a") as handle:
+    handle.write(json.dumps({"entry": name, "digest": jobs.entry_digest(entry)}) + "\\n")"""
+
+
+def test_a_page_reruns_and_the_index_warns_when_a_ledger_entry_it_read_is_superseded(books, tmp_path, monkeypatch):
+    monkeypatch.setattr(execute.provenance, "code_hash", lambda: "fixed")
+    monkeypatch.setenv("KDREPRO_RESULTS_DIR", str(tmp_path / "results"))
+    entry = tmp_path / "results" / "toy" / "students" / "fit-k.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(json.dumps({"key": "k", "test": {"HR@5": 0.5}}))
+    write_notebook(books, "00_ok", READS_ENTRY, SAVE)
+    reports, logged = tmp_path / "reports", []
+    first = run(books, reports, ["00_ok"], profile="smoke")[0]
+    assert first["status"] == "ok" and list(first["ledger_entries"]) == ["toy/students/fit-k.json"]
+    assert run(books, reports, ["00_ok"], profile="smoke")[0].get("skipped_in_last_run")
+    assert "ledger entries this page read changed" not in (reports / "index.html").read_text()
+    entry.write_text(json.dumps({"key": "k", "test": {"HR@5": 0.49}, "superseded": [{"test": {"HR@5": 0.5}}]}))
+    index.write(reports, ["00_ok"])
+    assert "1 of the ledger entries this page read changed" in (reports / "index.html").read_text()
+    again = run(books, reports, ["00_ok"], profile="smoke", log=logged.append)[0]
+    assert not again.get("skipped_in_last_run") and again["ledger_entries"] != first["ledger_entries"]
+    assert any("changed since" in line and "rerunning" in line for line in logged)
+    assert "ledger entries this page read changed" not in (reports / "index.html").read_text()
 
 
 def test_a_notebook_reading_the_reports_reruns_when_a_report_changes(books, tmp_path, monkeypatch):

@@ -425,6 +425,29 @@ def restore_refits(job: Job, ctx: Context) -> int:
     return len(fit_jobs.restore_weights(found, log=ctx.log))
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (a kernel started inside inherits it), then as before."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def read_ledger_reads(path: Path) -> dict[str, str]:
+    """``{entry: digest}`` of the ledger entries a notebook's fits read (:data:`kdrepro.jobs.READS_FILE_ENV`),
+    sorted; {} when it read none. The manifest keeps it: a later run reruns the page when one has changed."""
+    if not path.is_file():
+        return {}
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return dict(sorted((line["entry"], line["digest"]) for line in lines))
+
+
 def execute(job: Job, ctx: Context) -> dict:
     """Run one notebook (or skip it when unchanged) and return its manifest."""
     folder = ctx.reports_dir / job.stem
@@ -432,6 +455,7 @@ def execute(job: Job, ctx: Context) -> dict:
     dataset = provenance.dataset_info(job.parameters)
     digest, inputs = input_hash(job, ctx.kernel, ctx.code, dataset)
     previous = glance.read_json(folder / "manifest.json")
+    superseded = fit_jobs.Ledger().changed((previous or {}).get("ledger_entries", {}))
     if (
         not ctx.force
         and previous
@@ -439,11 +463,14 @@ def execute(job: Job, ctx: Context) -> dict:
         and previous.get("input_hash") == digest
         and page.exists()
     ):
-        ctx.log(
-            f"[{job.stem}] unchanged since {previous.get('started')} (input hash {digest[:12]}): skipped; "
-            "--force reruns"
-        )
-        return {**previous, "skipped_in_last_run": True}
+        if not superseded:
+            ctx.log(
+                f"[{job.stem}] unchanged since {previous.get('started')} (input hash {digest[:12]}): skipped; "
+                "--force reruns"
+            )
+            return {**previous, "skipped_in_last_run": True}
+        ctx.log(f"[{job.stem}] {len(superseded)} of the ledger entries its page read changed since "
+                f"{previous.get('started')} (refits), e.g. {superseded[0]}: rerunning")
 
     staging = ctx.run_dir / job.stem
     staged_page = ctx.run_dir / f"{job.stem}.html"
@@ -472,27 +499,30 @@ def execute(job: Job, ctx: Context) -> dict:
     start = time.perf_counter()
     error, trace = None, None
     os.environ.setdefault("TQDM_MININTERVAL", "2")  # tqdm's own switch: fewer stored progress refreshes
+    reads = ctx.run_dir / f"{job.stem}.ledger-reads.jsonl"
     try:
         with provenance.PeakMemory() as memory, Progress(job.stem, ctx.log) as progress:
             manifest["refitted_before_run"] = restore_refits(job, ctx)
-            papermill.execute_notebook(
-                str(job.path),
-                str(executed),
-                parameters=job.parameters,
-                kernel_name=ctx.kernel,
-                language="python",
-                cwd=str(job.path.parent),
-                progress_bar=ctx.progress,
-                log_output=False,
-                stdout_file=progress,
-                execution_timeout=ctx.timeout,
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-                kernel_manager_class=PrivateSocketKernelManager,
-            )
+            with _environment(fit_jobs.READS_FILE_ENV, str(reads)):
+                papermill.execute_notebook(
+                    str(job.path),
+                    str(executed),
+                    parameters=job.parameters,
+                    kernel_name=ctx.kernel,
+                    language="python",
+                    cwd=str(job.path.parent),
+                    progress_bar=ctx.progress,
+                    log_output=False,
+                    stdout_file=progress,
+                    execution_timeout=ctx.timeout,
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                    kernel_manager_class=PrivateSocketKernelManager,
+                )
     except Exception as exc:  # noqa: BLE001 - a failed notebook is recorded and rendered; the run goes on
         error = error_text(exc)
         trace = traceback.format_exc(limit=5)
     duration = time.perf_counter() - start
+    manifest["ledger_entries"] = read_ledger_reads(reads)
     metrics = glance.read_json(staging / "metrics.json")
     config = glance.read_json(staging / "config.json") or {}
     if error is None and metrics is None and "RESULTS_DIR" in job.parameters:

@@ -1,5 +1,6 @@
 """The index page: one row per chapter with its own run (profile, overrides, seeds, commit), verdict
-counts, misses and headline, rendered from ``templates/index.html.j2``."""
+counts, misses and headline, and a warning when ledger entries the page read have changed since (refits),
+rendered from ``templates/index.html.j2``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from kdrepro.book import glance
+from kdrepro.jobs import Ledger
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STAGING_FAILED = ".staging/failed"
@@ -53,6 +55,7 @@ def chapter_row(reports_dir: Path, stem: str, title: str | None = None) -> dict:
             (k, _headline(v)) for k, v in (manifest.get("headline") or {}).items() if not k.startswith("verdicts")
         ],
         "later_failure": later_failure,
+        "ledger_changed": Ledger().changed(manifest.get("ledger_entries", {})),
     }
 
 
