@@ -1,7 +1,7 @@
 """Efficiency measurements: parameter counts, time to recommend for all users, and how busy the machine was.
 
 A timing taken while other processes use the cores is inflated (a campaign's fits beside a render made the
-chapters' top-50 times 1.6–2.2× slower), so every timing carries :class:`CPUContention`'s reading of the
+chapter 04's top-50 times 1.8–2.1× slower), so every timing carries :class:`CPUContention`'s reading of the
 cores other processes kept busy meanwhile, and the tables show it beside their seconds.
 """
 
@@ -45,7 +45,8 @@ def machine_busy_seconds(stat: str | os.PathLike = "/proc/stat") -> float:
         first = Path(stat).read_text().split("\n", 1)[0].split()
     except OSError:
         return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    fields = [int(v) for v in first[1:9]] + [0] * (9 - len(first))  # kernels before 2.6.11 had no steal
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
