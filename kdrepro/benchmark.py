@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import sys
 import tempfile
@@ -376,8 +375,6 @@ def in_process_seconds(args: argparse.Namespace, dataset: Interactions, store: S
 
 def contention_line(other_cores: float) -> str:
     """The stderr line that says whether the figures were measured on an otherwise idle machine."""
-    if math.isnan(other_cores):  # no /proc/stat
-        return "other processes' CPU use: not measurable on this system"
     if other_cores < IDLE_OTHER_CORES:
         return f"other processes kept {other_cores:.2f} cores busy on average: an idle machine"
     return (f"WARNING: other processes kept {other_cores:.2f} cores busy on average while the figures were "

@@ -1,6 +1,6 @@
 """Efficiency measurements: parameter counts, time to recommend for all users, and how busy the machine was.
 
-A timing taken while other processes use the cores is inflated (a campaign's fits beside a render made the
+A timing taken while other processes use the cores is inflated (a campaign's fits beside a render made
 chapter 04's top-50 times 1.8–2.1× slower), so every timing carries :class:`CPUContention`'s reading of the
 cores other processes kept busy meanwhile, and the tables show it beside their seconds.
 """
@@ -11,8 +11,8 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
@@ -38,34 +38,29 @@ CONTENTION_COLUMN = "other_cores_busy"
 IDLE_OTHER_CORES = 0.2
 
 
-def machine_busy_seconds(stat: str | os.PathLike = "/proc/stat") -> float:
-    """CPU seconds every process of the machine has spent busy since boot (Linux ``/proc/stat``: user,
-    nice, system, irq, softirq and steal — time a hypervisor gave to others); NaN where there is no such file."""
-    try:
-        first = Path(stat).read_text().split("\n", 1)[0].split()
-    except OSError:
-        return math.nan
-    fields = [int(v) for v in first[1:9]] + [0] * (9 - len(first))  # kernels before 2.6.11 had no steal
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has spent busy since boot: psutil's system CPU times less
+    idle and I/O wait (Linux's guest times are inside its user times already, so left out)."""
+    times = psutil.cpu_times()._asdict()
+    idle = {"idle", "iowait", "guest", "guest_nice"}
+    return float(sum(v for k, v in times.items() if k not in idle))
 
 
 class CPUContention:
     """``with CPUContention() as c: ...`` then ``c.other_cores``: the cores other processes kept busy, on
     average, while the block ran — the machine's busy CPU seconds (:func:`machine_busy_seconds`) less this
-    process's (every thread), over the wall seconds. NaN off Linux. Clock ticks are 10 ms, so a block
+    process's (every thread), over the wall seconds. System CPU times tick every 10 ms or so: a block
     shorter than about a second reads coarsely."""
 
-    def __init__(self, stat: str | os.PathLike = "/proc/stat") -> None:
-        self.stat = stat
+    def __init__(self) -> None:
         self.other_cores = math.nan
 
     def __enter__(self) -> CPUContention:
-        self._start = (time.perf_counter(), time.process_time(), machine_busy_seconds(self.stat))
+        self._start = (time.perf_counter(), time.process_time(), machine_busy_seconds())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        wall, own, busy = (time.perf_counter(), time.process_time(), machine_busy_seconds(self.stat))
+        wall, own, busy = (time.perf_counter(), time.process_time(), machine_busy_seconds())
         elapsed = wall - self._start[0]
         others = (busy - self._start[2]) - (own - self._start[1])
         self.other_cores = max(0.0, others / elapsed) if elapsed > 0 else math.nan

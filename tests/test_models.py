@@ -87,7 +87,7 @@ def test_timing_is_measured_but_refused_while_a_chapter_is_planned(synthetic_spl
     split = synthetic_splits["holdout"]
     model = build(ModelConfig("bpr", 4), split)
     timing = time_recommend_all(model, split, 10, repeats=1)
-    assert timing.seconds > 0 and not timing.other_cores_busy < 0  # NaN where there is no /proc/stat
+    assert timing.seconds > 0 and timing.other_cores_busy >= 0
     monkeypatch.setenv(PLAN_FILE_ENV, str(tmp_path / "plan.jsonl"))
     with pytest.raises(RuntimeError, match="planning mode"):
         time_recommend_all(model, split, 10, repeats=1)

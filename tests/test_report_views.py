@@ -203,7 +203,7 @@ def test_a_timing_table_says_in_its_caption_whether_the_machine_was_idle():
     loaded = report.show_table(timed).to_html()
     assert "⚠ timed while other processes kept up to 1.02 cores busy" in loaded and ">1.0200</td>" in loaded
     assert report.timing_caption(timed.drop(columns="other_cores_busy")) == ""
-    assert report.timing_caption(timed.assign(other_cores_busy=float("nan"))) == "", "no reading off Linux"
+    assert report.timing_caption(timed.assign(other_cores_busy=float("nan"))) == "", "no reading"
 
 
 def test_a_figure_is_described_from_what_it_draws_and_the_png_keeps_it(tmp_path):
