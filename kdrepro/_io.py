@@ -1,16 +1,32 @@
-"""Small helpers shared by the caches and the runner: atomic writes, content hashes, package versions."""
+"""Small helpers shared by the caches and the runner: atomic writes, content hashes, package versions,
+environment variables set for a block."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (a kernel started inside inherits it), then as before."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - the serial and local executors work wi
     ray = None
 
 from kdrepro import teachers
-from kdrepro._io import package_versions, stable_hash, write_json
+from kdrepro._io import environment_variable, package_versions, stable_hash, write_json
 from kdrepro.distill import build as build_method
 from kdrepro.distill import make_config
 from kdrepro.distill.hetcomp import TeacherTrajectories
@@ -851,36 +851,29 @@ def collect_jobs(chapters: Sequence[tuple[str, Path, Mapping[str, Any]]], *, ker
     """
     workdir = Path(workdir)
     found: dict[str, list[FitJob]] = {}
-    previous = os.environ.get(PLAN_FILE_ENV)
-    try:
-        for stem, path, parameters in chapters:
-            plan_file = workdir / f"{stem}.jobs.jsonl"
-            plan_file.unlink(missing_ok=True)
-            plan_file.touch()
-            os.environ[PLAN_FILE_ENV] = str(plan_file)
-            started = time.time()
-            try:
+    for stem, path, parameters in chapters:
+        plan_file = workdir / f"{stem}.jobs.jsonl"
+        plan_file.unlink(missing_ok=True)
+        plan_file.touch()
+        started = time.time()
+        try:
+            with environment_variable(PLAN_FILE_ENV, str(plan_file)):
                 papermill.execute_notebook(str(path), str(workdir / f"{stem}.ipynb"), parameters=dict(parameters),
                                            kernel_name=kernel, progress_bar=False, allow_errors=True,
                                            cwd=str(Path(path).parent), execution_timeout=timeout,
                                            interrupt_on_timeout=True,
                                            kernel_manager_class=PrivateSocketKernelManager)
-            except papermill.PapermillExecutionError:
-                pass  # sections that need weights fail while planning; their jobs are recorded all the same
-            lines = [line for line in plan_file.read_text().splitlines() if line.strip()]
-            jobs: dict[str, FitJob] = {}
-            for line in lines:  # a fit shared by sections keeps the label of the first (the main table's)
-                job = FitJob.from_dict(json.loads(line))
-                first = jobs.setdefault(job.key, job)
-                if job.reads_weights and not first.reads_weights:  # one section reading its weights is enough
-                    jobs[job.key] = dataclasses.replace(first, reads_weights=True)
-            found[stem] = list(jobs.values())
-            log(f"{stem}: {len(jobs)} fits enumerated in {time.time() - started:.0f} s")
-    finally:
-        if previous is None:
-            os.environ.pop(PLAN_FILE_ENV, None)
-        else:
-            os.environ[PLAN_FILE_ENV] = previous
+        except papermill.PapermillExecutionError:
+            pass  # sections that need weights fail while planning; their jobs are recorded all the same
+        lines = [line for line in plan_file.read_text().splitlines() if line.strip()]
+        jobs: dict[str, FitJob] = {}
+        for line in lines:  # a fit shared by sections keeps the label of the first (the main table's)
+            job = FitJob.from_dict(json.loads(line))
+            first = jobs.setdefault(job.key, job)
+            if job.reads_weights and not first.reads_weights:  # one section reading its weights is enough
+                jobs[job.key] = dataclasses.replace(first, reads_weights=True)
+        found[stem] = list(jobs.values())
+        log(f"{stem}: {len(jobs)} fits enumerated in {time.time() - started:.0f} s")
     return found
 
 

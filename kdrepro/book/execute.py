@@ -45,7 +45,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from kdrepro import jobs as fit_jobs
 from kdrepro import profiles, scorecard
-from kdrepro._io import write_json
+from kdrepro._io import environment_variable, write_json
 from kdrepro.book import glance, index, provenance, render
 from kdrepro.book.params import (
     SET_BY_RUNNER,
@@ -425,20 +425,6 @@ def restore_refits(job: Job, ctx: Context) -> int:
     return len(fit_jobs.restore_weights(found, log=ctx.log))
 
 
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name] = value`` for the block (a kernel started inside inherits it), then as before."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-
-
 def read_ledger_reads(path: Path) -> dict[str, str]:
     """``{entry: digest}`` of the ledger entries a notebook's fits read (:data:`kdrepro.jobs.READS_FILE_ENV`),
     sorted; {} when it read none. The manifest keeps it: a later run reruns the page when one has changed."""
@@ -503,7 +489,7 @@ def execute(job: Job, ctx: Context) -> dict:
     try:
         with provenance.PeakMemory() as memory, Progress(job.stem, ctx.log) as progress:
             manifest["refitted_before_run"] = restore_refits(job, ctx)
-            with _environment(fit_jobs.READS_FILE_ENV, str(reads)):
+            with environment_variable(fit_jobs.READS_FILE_ENV, str(reads)):
                 papermill.execute_notebook(
                     str(job.path),
                     str(executed),
