@@ -163,6 +163,17 @@ def notebook_defaults(folder: Path) -> dict[str, Any] | None:
     return {n: p.value for n, p in parse_parameters(cell_source(cell)).items()} if cell else None
 
 
+def tree_state(git: Mapping[str, Any]) -> str:
+    """How a page names the working tree it ran from (:func:`kdrepro.book.provenance.git_info`)."""
+    if git.get("dirty"):
+        return "with uncommitted changes"
+    entries = git.get("uncommitted_ledger_entries") or 0
+    if entries:
+        return (f"clean code; {entries} results-ledger {'entry' if entries == 1 else 'entries'} not yet committed, "
+                "each as recorded in the manifest")
+    return "clean tree"
+
+
 def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
     git = manifest.get("git", {})
     device = manifest.get("device", {})
@@ -173,7 +184,7 @@ def run_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
         "started": str(manifest.get("started", "–")).replace("T", " ").replace("+00:00", " UTC"),
         "duration": fmt_seconds(manifest.get("duration_s")),
         "commit": str(git.get("sha", "unknown"))[:10],
-        "dirty": "with uncommitted changes" if git.get("dirty") else "clean tree",
+        "dirty": tree_state(git),
         "device": str(device.get("used") or device.get("requested") or "?"),
         "data": (f'{dataset["name"]} (sha256 {str(dataset.get("sha256"))[:12]})'  # plain text: pages escape it
                  if dataset.get("name") else "none: this chapter trains nothing"),

@@ -56,8 +56,13 @@ def git_info(root: Path = ROOT) -> dict:
 
     sha = git("rev-parse", "HEAD")
     # The rendered reports are the runner's output, not an input: their changes do not make a run dirty.
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
-    return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None}
+    # The results ledger is an input, but the manifest records the digest of every entry a page read
+    # (``ledger_entries``): its uncommitted entries (a campaign's commits lag its fits) are counted apart,
+    # so that "uncommitted changes" keeps meaning the code or the notebooks.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports", ":(exclude)results")
+    ledger = git("status", "--porcelain", "--untracked-files=all", "--", "results")
+    return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None,
+            "uncommitted_ledger_entries": len(ledger.splitlines()) if ledger is not None else None}
 
 
 def package_versions() -> dict[str, str]:
