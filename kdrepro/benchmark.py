@@ -46,6 +46,9 @@ papers' CiteULike (``$KDREPRO_DATA_DIR`` or a download) and on 2 CPU threads unl
   ``fits8_local_speedup_x`` = serial / local; ``local_overhead_per_fit_s`` / ``ray_overhead_per_fit_s`` =
   (wall × workers − serial) / fits, the worker-seconds each fit costs beyond its own compute (process
   start, transfers, scheduling). ``--no-executors`` skips them.
+- The host's speed is not seconds either: stderr's first line is the fp32 GEMM rate on the benchmark's
+  threads (:func:`host_gemm_gflops`; figures of two days compare only at similar rates: the project's
+  2-core machines have read 40 to 75 GFLOPS a core for the same code).
 - Peak memory is not seconds and is reported on stderr only, as are the cores other processes kept busy
   while the in-process figures were measured (:class:`kdrepro.efficiency.CPUContention`; above
   ``IDLE_OTHER_CORES`` it is a warning: the figures are inflated) and a table of each figure beside the
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
         return figures
     with CPUContention() as contention:  # the executors' workers are other processes: measured apart
+        print(host_line(host_gemm_gflops(), torch.get_num_threads()), file=sys.stderr)
         figures = in_process_seconds(args, dataset, store, sampled, full)
     if not args.only_concf and not args.no_executors:
         figures.update(executor_seconds(sampled))
@@ -371,6 +375,20 @@ def in_process_seconds(args: argparse.Namespace, dataset: Interactions, store: S
         figures.update(hetcomp_seconds(store.split(dataset, "holdout", 0), args.repeats))
         figures.update(trajectory_seconds(store.split(dataset, "holdout", 0), args.repeats))
     return figures
+
+
+def host_gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The host's fp32 matrix-product rate on torch's current threads (best of ``repeats`` size³ GEMMs): the
+    yardstick that tells a slower machine from slower code when figures of two days differ."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # first call: thread pool and allocations
+    return 2 * size**3 / _best(lambda: a @ b, repeats) / 1e9
+
+
+def host_line(gflops: float, threads: int) -> str:
+    """The stderr line that states the host's speed (:func:`host_gemm_gflops`) beside the figures."""
+    return (f"host: fp32 GEMM at {gflops:.0f} GFLOPS on {threads} thread(s) ({gflops / threads:.0f} a thread); "
+            "compare figures across machines or days only at similar rates")
 
 
 def contention_line(other_cores: float) -> str:

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from kdrepro import efficiency
-from kdrepro.benchmark import contention_line
+from kdrepro.benchmark import contention_line, host_gemm_gflops, host_line
 from kdrepro.efficiency import CPUContention, machine_busy_seconds
 
 Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
@@ -50,3 +50,9 @@ def test_a_process_spinning_beside_the_block_reads_as_about_one_core():
 def test_the_benchmark_warns_when_its_figures_were_measured_beside_other_work():
     assert "an idle machine" in contention_line(0.05)
     assert contention_line(1.0).startswith("WARNING: other processes kept 1.00 cores busy")
+
+
+def test_the_benchmark_states_the_host_speed_beside_its_figures():
+    gflops = host_gemm_gflops(size=64, repeats=2)
+    assert 0.01 < gflops < 1e5, gflops
+    assert host_line(80.0, 2).startswith("host: fp32 GEMM at 80 GFLOPS on 2 thread(s) (40 a thread)")
