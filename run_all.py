@@ -9,6 +9,7 @@
     python run_all.py --profile paper --plan   # fits the ledger lacks, per chapter, with estimated cost
     python run_all.py --as-published --plan    # what `make report` would compute on this machine
     python run_all.py --profile paper --fill --executor local --workers 2    # compute them, render nothing
+    python run_all.py --profile paper --fill --commit-ledger   # ... and commit each ledger entry as it lands
 
 The chapters are the notebooks ``notebooks/NN_*.ipynb``, in numbered order. For each: its parameters are
 resolved (notebook defaults ← profile ← ``-p`` overrides) and checked — names, types and values (counts
@@ -118,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
                      help="with --plan/--fill: only the fits whose plan line (\"students bpr DE lambda_de=0.1 seed "
                           "0\") matches, e.g. '^\\w+ bpr [\\w-]+ seed' for the BPR main-table rows; the teachers "
                           "they need come with them")
+    cli.add_argument("--commit-ledger", action="store_true",
+                     help="commit each results-ledger entry to git as its fit completes (only that file; several "
+                          "runs at once take turns): a campaign's finished compute survives the machine")
     cli.add_argument("--executor", choices=jobs.EXECUTORS, default=None,
                      help="where fits run: serial | local (worker processes) | ray (default: $KDREPRO_EXECUTOR "
                           "or serial)")
@@ -138,6 +142,16 @@ def use_executor(args: argparse.Namespace) -> jobs.ExecutorSettings:
               "KDREPRO_RAY_ADDRESS": args.ray_address}
     os.environ.update({name: str(value) for name, value in chosen.items() if value is not None})
     return jobs.configure()
+
+
+def use_ledger_commits(args: argparse.Namespace) -> None:
+    """--commit-ledger, for this process and the notebooks' kernels (``KDREPRO_COMMIT_LEDGER``): checked
+    here (a git work tree, a committer identity) so that a campaign cannot run for hours and then fail to
+    commit."""
+    if args.commit_ledger:
+        os.environ[jobs.COMMIT_ENV] = "1"
+    if os.environ.get(jobs.COMMIT_ENV, "") == "1":
+        jobs.LedgerCommits(jobs.default_ledger_root())
 
 
 def campaign(args: argparse.Namespace, notebooks_dir: Path, settings: jobs.ExecutorSettings) -> int:
@@ -173,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ParameterError("--as-published takes each chapter's profile and -p overrides from its "
                                  "published page: drop --profile and -p")
         settings = use_executor(args)
+        use_ledger_commits(args)
         if args.plan or args.fill:
             return campaign(args, notebooks_dir, settings)
         if args.list:

@@ -16,7 +16,9 @@ and the campaign commands (plan, fill).
 - The ledger (``results/<dataset>/<kind>/<name>-<key>.json``, committed) holds one small JSON per
   completed fit: key, configs, code digest, metrics, best epoch, epochs run, seconds, threads, device,
   versions, git SHA and the history at validation epochs. An entry whose code digest no longer matches
-  the code has another key: it is never used, and :func:`plan` lists it as stale.
+  the code has another key: it is never used, and :func:`plan` lists it as stale. With
+  ``KDREPRO_COMMIT_LEDGER=1`` (``run_all.py --commit-ledger``) every entry is committed to git as it is
+  written (:class:`LedgerCommits`), so finished compute is in history when the fit ends.
 
 Executor settings come from arguments or, read once, ``KDREPRO_EXECUTOR`` (serial|local|ray),
 ``KDREPRO_WORKERS``, ``KDREPRO_THREADS``, ``KDREPRO_RAY_ADDRESS``, ``KDREPRO_GPUS_PER_FIT``.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import fcntl
 import functools
 import importlib
 import json
@@ -548,6 +551,7 @@ RUN_FIELDS = ("seconds", "epoch_s", "threads", "device", "cpu", "versions", "git
 #: back (``{"entry": "<dataset>/<kind>/<name>-<key>.json", "digest": ...}``): a render records what its page
 #: read, and a later run can tell when a refit has since superseded a number the page shows.
 READS_FILE_ENV = "KDREPRO_LEDGER_READS_FILE"
+COMMIT_ENV = "KDREPRO_COMMIT_LEDGER"  # "1": commit every ledger entry to git as it is written
 
 
 def entry_digest(entry: Mapping) -> str:
@@ -571,14 +575,78 @@ def reconcile_refit(earlier: dict, fresh: dict) -> dict:
     return {**fresh, "superseded": [*earlier.get("superseded", []), superseded]}
 
 
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+class LedgerCommits:
+    """Commits each ledger entry to git the moment it is written (``KDREPRO_COMMIT_LEDGER=1``, which
+    ``run_all.py --commit-ledger`` sets): a campaign's finished fits are in history as they complete, and a
+    machine that does not come back loses only the fits in flight, never hours of uncommitted entries.
+
+    Each commit holds that entry's file only (``git commit --only``): whatever else the tree holds, staged
+    or not, stays as it was. Processes that record at the same time (two fills, a fill beside a render)
+    commit one at a time under a lock file in the repository's git folder. An entry git refuses (a hook,
+    a full disk) stays written on disk, is reported on stderr and is retried with the next one: the
+    campaign goes on."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        git_dir = _git(root, "rev-parse", "--absolute-git-dir")
+        if git_dir.returncode:
+            raise ValueError(f"{COMMIT_ENV}=1: the results ledger {root} is not inside a git work tree "
+                             f"({git_dir.stderr.strip()}); unset {COMMIT_ENV} or drop --commit-ledger")
+        identity = _git(root, "var", "GIT_COMMITTER_IDENT")
+        if identity.returncode:
+            raise ValueError(f"{COMMIT_ENV}=1: git has no committer identity to commit the results ledger with "
+                             f"(set user.name and user.email: git config user.email you@example.org)")
+        self.root = root
+        self.lock = Path(git_dir.stdout.strip()) / "kdrepro-ledger.lock"
+        self.pending: dict[Path, str] = {}  # entry file -> its commit message, until a commit holds it
+
+    def commit(self, path: Path, message: str) -> None:
+        """Commit ``path`` (and any entry an earlier commit failed on) with ``message``."""
+        self.pending[path] = message
+        with open(self.lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for entry, text in list(self.pending.items()):
+                status = _git(self.root, "status", "--porcelain", "--", str(entry))
+                if status.returncode == 0 and not status.stdout.strip():  # written as it already was committed
+                    del self.pending[entry]
+                    continue
+                done = _git(self.root, "add", "--", str(entry))
+                if done.returncode == 0:
+                    done = _git(self.root, "commit", "-q", "--only", "-m", text, "--", str(entry))
+                if done.returncode:
+                    print(f"ledger: could not commit {entry} ({(done.stderr or done.stdout).strip()}); the entry "
+                          f"is written and will be committed with the next one", file=sys.stderr)
+                    continue
+                del self.pending[entry]
+
+
+def commit_message(job: FitJob, seconds: float, threads: int, written: Mapping, earlier: Mapping | None) -> str:
+    """``Ledger: fit bpr IR-RRD ir_users=40 seed 0 (5,012 s at 1 thread)``, with this run's own time; for a
+    refit (``earlier`` is the entry it found), whether the entry ``written`` kept the recorded numbers."""
+    if earlier is None:
+        what = "fit"
+    else:
+        what = "refit, same numbers:" if entry_digest(written) == entry_digest(earlier) else "refit, other numbers:"
+    return (f"Ledger: {what} {job.label or job.name} seed {job.seed} ({seconds or 0:,.0f} s at {threads} "
+            f"thread{'' if threads == 1 else 's'})")
+
+
 class Ledger:
     """One JSON per completed fit under ``root/<dataset>/<kind>/<name>-<key>.json`` (written atomically
-    by the driver only)."""
+    by the driver only; committed to git as it is written when ``commit``, by default when
+    ``KDREPRO_COMMIT_LEDGER=1``)."""
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, commit: bool | None = None) -> None:
         self.root = Path(root) if root is not None else default_ledger_root()
         self._git = _git_sha()
         self._versions = package_versions(VERSIONED_PACKAGES)
+        if commit is None:
+            commit = os.environ.get(COMMIT_ENV, "") == "1"
+        self.commits = LedgerCommits(self.root) if commit else None
 
     @staticmethod
     def entry_name(job: FitJob) -> str:
@@ -637,7 +705,11 @@ class Ledger:
         if earlier is not None:
             entry = reconcile_refit(earlier, json.loads(json.dumps(entry)))
         write_json(self.path(job), entry)
-        return json.loads(self.path(job).read_text())  # as every later reader sees it (keys sorted)
+        written = json.loads(self.path(job).read_text())  # as every later reader sees it (keys sorted)
+        if self.commits is not None:
+            message = commit_message(job, outcome_result.get("seconds"), threads, written, earlier)
+            self.commits.commit(self.path(job), message)
+        return written
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test writes its caches (store) and its results ledger into temporary folders."""
     monkeypatch.setenv("KDREPRO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("KDREPRO_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+    monkeypatch.delenv("KDREPRO_COMMIT_LEDGER", raising=False)  # a campaign's setting, not the tests'
     torch.set_num_threads(2)
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +428,78 @@ def test_ledger_estimates_use_the_same_schedule_else_seconds_per_epoch():
     # A 1000-epoch early-stopped schedule: the recorded cost per epoch × the epochs it is expected to run.
     seconds, source = jobs.estimate_seconds(job(1000, 20), timings)
     assert source == "ledger per epoch" and seconds == pytest.approx(600.0 / 101 * jobs.EARLY_STOPPED_EPOCHS)
+
+
+def _git_repo(path: Path, monkeypatch) -> Callable[..., str]:
+    """A fresh git repository at ``path`` with one commit, and a ``git(*args) -> stdout`` runner for it."""
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "kdrepro test")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "kdrepro test")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.org")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.org")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=path, check=True, capture_output=True, text=True).stdout
+
+    path.mkdir()
+    git("init", "-q")
+    (path / "README").write_text("first\n")
+    git("add", "README")
+    git("commit", "-qm", "init")
+    return git
+
+
+def _student_job(seed: int) -> jobs.FitJob:
+    return jobs.FitJob(kind="models", dataset="synthetic", split=("s", "k"), seed=seed,
+                       model={"name": "bpr", "dim": 8}, train={"epochs": 2, "patience": 0, "eval_every": 1},
+                       labels={"base": "bpr", "method": "Student"})
+
+
+RESULT = {"test": {"HR@5": 0.5}, "valid": {"HR@5": 0.4}, "best_epoch": 3, "epochs_run": 5, "seconds": 1234.4}
+
+
+def test_a_committing_ledger_commits_each_entry_alone_as_it_is_written(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    git = _git_repo(repo, monkeypatch)
+    (repo / "notes.txt").write_text("staged, not to be committed\n")
+    git("add", "notes.txt")
+    (repo / "README").write_text("edited, not staged\n")
+    ledger, job = Ledger(repo / "results", commit=True), _student_job(0)
+    entry_file = str(ledger.path(job).relative_to(repo))
+
+    ledger.record(job, RESULT, [], threads=1, device="cpu")
+    assert git("log", "-1", "--format=%s").strip() == "Ledger: fit bpr Student seed 0 (1,234 s at 1 thread)"
+    assert git("show", "--name-only", "--format=", "HEAD").split() == [entry_file]
+    assert sorted(git("status", "--porcelain").splitlines()) == [" M README", "A  notes.txt"]
+
+    ledger.record(job, {**RESULT, "seconds": 998.6}, [], threads=2, device="cpu")  # same numbers
+    assert git("log", "-1", "--format=%s").strip() == ("Ledger: refit, same numbers: bpr Student seed 0 "
+                                                       "(999 s at 2 threads)")
+    ledger.record(job, {**RESULT, "test": {"HR@5": 0.49}}, [], threads=1, device="cpu")
+    assert git("log", "-1", "--format=%s").startswith("Ledger: refit, other numbers: bpr Student seed 0")
+    assert json.loads(git("show", f"HEAD:{entry_file}"))["test"] == {"HR@5": 0.49}
+    assert git("rev-list", "--count", "HEAD").strip() == "4"
+    assert ledger.commits.pending == {}
+
+
+def test_committing_ledgers_in_two_processes_take_turns_and_lose_no_entry(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    git = _git_repo(repo, monkeypatch)
+    script = ("import sys\nfrom kdrepro.jobs import FitJob, Ledger\n"
+              f"RESULT = {RESULT!r}\n"
+              "ledger = Ledger(sys.argv[1], commit=True)\n"
+              "for seed in range(int(sys.argv[2]), int(sys.argv[2]) + 4):\n"
+              "    job = FitJob(kind='models', dataset='synthetic', split=('s', 'k'), seed=seed,\n"
+              "                 model={'name': 'bpr', 'dim': 8}, train={'epochs': 2, 'patience': 0, 'eval_every': 1},\n"
+              "                 labels={'base': 'bpr', 'method': 'Student'})\n"
+              "    ledger.record(job, RESULT, [], threads=1, device='cpu')\n"
+              "assert not ledger.commits.pending\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(repo / "results"), str(first)], cwd=root, env=env,
+                              stderr=subprocess.PIPE, text=True) for first in (0, 10)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    subjects = git("log", "--format=%s").splitlines()
+    assert sorted(int(s.split(" seed ")[1].split()[0]) for s in subjects[:-1]) == [0, 1, 2, 3, 10, 11, 12, 13]
+    assert git("status", "--porcelain") == ""
+

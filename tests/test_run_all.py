@@ -19,7 +19,7 @@ import papermill
 import pytest
 import torch
 
-from kdrepro import report
+from kdrepro import jobs, report
 from kdrepro.book import execute, glance, index, params, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -795,3 +795,11 @@ execute.publish(*(Path(p) for p in {[str(staged), str(staged_page), str(folder),
     execute.recover(reports, log=lambda *_: None)
     assert ((folder / "metrics.json").read_text(), page.read_text()) == ("old", "old")
     assert not list(reports.glob(".*.old"))
+
+
+def test_commit_ledger_outside_a_git_work_tree_fails_before_anything_runs(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="not inside a git work tree"):
+        jobs.Ledger(tmp_path / "plain", commit=True)
+    monkeypatch.setenv("KDREPRO_RESULTS_DIR", str(tmp_path / "plain"))
+    assert run_all.main(["--commit-ledger", "--list"]) == 2
+    assert "not inside a git work tree" in capsys.readouterr().err
