@@ -552,6 +552,7 @@ RUN_FIELDS = ("seconds", "epoch_s", "threads", "device", "cpu", "versions", "git
 #: read, and a later run can tell when a refit has since superseded a number the page shows.
 READS_FILE_ENV = "KDREPRO_LEDGER_READS_FILE"
 COMMIT_ENV = "KDREPRO_COMMIT_LEDGER"  # "1": commit every ledger entry to git as it is written
+INDEX_LOCK_RETRIES, INDEX_LOCK_WAIT_S = 30, 1.0  # another git command holding .git/index.lock: wait for it
 
 
 def entry_digest(entry: Mapping) -> str:
@@ -614,14 +615,26 @@ class LedgerCommits:
                 if status.returncode == 0 and not status.stdout.strip():  # written as it already was committed
                     del self.pending[entry]
                     continue
-                done = _git(self.root, "add", "--", str(entry))
+                done = self._git_waiting("add", "--", str(entry))
                 if done.returncode == 0:
-                    done = _git(self.root, "commit", "-q", "--only", "-m", text, "--", str(entry))
+                    done = self._git_waiting("commit", "-q", "--only", "-m", text, "--", str(entry))
                 if done.returncode:
                     print(f"ledger: could not commit {entry} ({(done.stderr or done.stdout).strip()}); the entry "
                           f"is written and will be committed with the next one", file=sys.stderr)
                     continue
                 del self.pending[entry]
+
+
+    def _git_waiting(self, *args: str) -> subprocess.CompletedProcess:
+        """``git *args``, tried again for up to ~30 s while another git command (a person's commit, an
+        editor) holds the repository's index lock."""
+        done = _git(self.root, *args)
+        for _ in range(INDEX_LOCK_RETRIES):
+            if done.returncode == 0 or "index.lock" not in done.stderr:
+                break
+            time.sleep(INDEX_LOCK_WAIT_S)
+            done = _git(self.root, *args)
+        return done
 
 
 def commit_message(job: FitJob, seconds: float, threads: int, written: Mapping, earlier: Mapping | None) -> str:
@@ -1127,9 +1140,13 @@ def fill(jobs_by_chapter: Mapping[str, Sequence[FitJob]], *, store: Store | None
     (even ``kill -9``) loses only the fits in flight: rerunning it resumes with what is missing.
     """
     every = [job for jobs in jobs_by_chapter.values() for job in jobs]
+    ledger = ledger or Ledger()
     log(f"fill: {len(every)} fits in {len(jobs_by_chapter)} chapter(s)")
     done = run_jobs(every, store=store, ledger=ledger, settings=settings, log=log)
     log(f"fill: {sum(d.trained for d in done.values())} fits computed, {len(done)} complete")
+    if ledger.commits is not None and ledger.commits.pending:
+        log(f"fill: {len(ledger.commits.pending)} ledger entries written but not committed (git refused them, "
+            f"see above): {', '.join(str(p) for p in ledger.commits.pending)}")
     return done
 
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -503,3 +504,26 @@ def test_committing_ledgers_in_two_processes_take_turns_and_lose_no_entry(tmp_pa
     assert sorted(int(s.split(" seed ")[1].split()[0]) for s in subjects[:-1]) == [0, 1, 2, 3, 10, 11, 12, 13]
     assert git("status", "--porcelain") == ""
 
+
+
+def test_a_committing_ledger_waits_for_another_git_command_s_index_lock_and_retries_what_git_refused(
+        tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    git = _git_repo(repo, monkeypatch)
+    monkeypatch.setattr(jobs, "INDEX_LOCK_WAIT_S", 0.2)
+    ledger = Ledger(repo / "results", commit=True)
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")  # a person's git command, running
+    threading.Timer(0.5, lock.unlink).start()
+    ledger.record(_student_job(0), RESULT, [], threads=1, device="cpu")
+    assert git("log", "-1", "--format=%s").startswith("Ledger: fit bpr Student seed 0")
+
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho refused by hook >&2\nexit 1\n")
+    hook.chmod(0o755)
+    ledger.record(_student_job(1), RESULT, [], threads=1, device="cpu")
+    assert "could not commit" in capsys.readouterr().err and len(ledger.commits.pending) == 1
+    hook.unlink()
+    ledger.record(_student_job(2), RESULT, [], threads=1, device="cpu")  # commits seed 1's entry too
+    assert ledger.commits.pending == {} and git("status", "--porcelain") == ""
+    assert git("rev-list", "--count", "HEAD").strip() == "4"
