@@ -82,8 +82,10 @@ BASE_SECONDS = {"bpr": {20: (0.16, 0.14), 200: (0.95, 0.46)},
                 "lightgcn": {20: (6.0, 0.84), 200: (19.9, 1.49)}}
 # Each method's extra per epoch (CiteULike, 2 threads, `python -m kdrepro.benchmark`, README); DE and HTD
 # between their dense (τ ≈ 1) and annealed regimes. "models": a base-model epoch where nothing better is known
-# (BPR-200; a trajectory job of an unlisted kind).
-EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 1.3,
+# (BPR-200; a trajectory job of an unlisted kind). "ir": IR on the authors' item set (~18k items a batch: the
+# IR-RRD epoch's 3.82 s less RRD's 0.50 s, 2026-12-06). DE, HTD and IR grow with their settings (cost_scale).
+SCALED_METHODS = ("de", "htd", "ir")  # their extra grows with their settings (cost_scale)
+EPOCH_SECONDS = {"models": 0.6, "de": 4.0, "htd": 5.0, "rrd": 1.0, "rd": 0.6, "cd": 0.9, "ir": 3.3,
                  "phr": 1.0, "fitnet": 0.6, "ftd": 0.6,
                  # Tasks (CiteULike, CPU s, one thread). ConCF, six heads (fewer heads: pro rata): a warm-up
                  # epoch, a consensus-learning epoch, one consensus generation (every p epochs); SingleCF.
@@ -995,6 +997,7 @@ class Timing:
     seconds: float
     epochs: int | None
     schedule: tuple
+    scale: float = 1.0  # its cost_scale: the method settings' share of work, against the measured setting
 
 
 def _schedule(train: Mapping[str, Any]) -> tuple:
@@ -1008,13 +1011,34 @@ def _cost_class(job_or_entry: Mapping[str, Any]) -> tuple:
     return (job_or_entry["dataset"], job_or_entry["spec"], job_or_entry["model"]["name"], job_or_entry["model"]["dim"])
 
 
+def cost_scale(job: Mapping[str, Any]) -> float:
+    """How much more work per epoch ``job``'s (a :meth:`FitJob.to_dict`) method settings give than those
+    :data:`EPOCH_SECONDS` was measured at, so that a fit with no recorded twin is estimated from its recorded
+    siblings, not from the first one's seconds: DE's expert bank (M experts d_s → (d_s + d_t)/2 → d_t;
+    measured at M = 30, d_s = 20, d_t = 200), HTD's (K groups, the same widths) and IR's users per item
+    (K + L; measured at 20 + 20). Every other setting counts 1."""
+    scale = 1.0
+    for method in (job.get("spec") or "").split("+"):
+        config = (job.get("configs") or {}).get(method) or {}
+        if method in ("de", "htd"):
+            d_s = int(job.get("student_repr") or job["model"]["dim"])
+            d_t = int((job.get("teacher") or {}).get("model", {}).get("dim", 200))
+            hidden = (d_s + d_t) // 2
+            count = config.get("num_experts" if method == "de" else "num_groups", 30)
+            scale *= count / 30 * (d_s * hidden + hidden * d_t) / (20 * 110 + 110 * 200)
+        elif method == "ir":
+            scale *= (config.get("num_interesting", 20) + config.get("num_uninteresting", 20)) / 40
+    return scale
+
+
 def recorded_timings(entries: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Timing]]:
     """The ledger's fits' seconds by cost class (:func:`estimate_seconds` reads them)."""
     timings: dict[tuple, list[Timing]] = {}
     for entry in entries:
         job = entry.get("job")
         if job and entry.get("seconds") is not None and entry.get("threads"):
-            timing = Timing(float(entry["seconds"]), entry.get("epochs_run"), _schedule(job.get("train", {})))
+            timing = Timing(float(entry["seconds"]), entry.get("epochs_run"), _schedule(job.get("train", {})),
+                            cost_scale(job))
             timings.setdefault(_cost_class(job), []).append(timing)
     return timings
 
@@ -1028,10 +1052,12 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tupl
     :func:`expected_epochs`, plus a validation every ``eval_every`` epochs."""
     seen = timings.get(_cost_class(job.to_dict()))
     if seen:
-        same = [t.seconds for t in seen if job.task or t.schedule == _schedule(job.train)]
+        scale = cost_scale(job.to_dict())
+        same = [t.seconds for t in seen if job.task or (t.schedule == _schedule(job.train) and t.scale == scale)]
         if same:
             return float(np.median(same)), "ledger"
-        per_epoch = [t.seconds / t.epochs for t in seen if t.epochs]
+        per_epoch = [t.seconds / t.epochs * _fallback_epoch(job, scale) / _fallback_epoch(job, t.scale)
+                     for t in seen if t.epochs]
         if per_epoch:
             return float(np.median(per_epoch)) * expected_epochs(job.train), "ledger per epoch"
     if job.task:
@@ -1043,10 +1069,20 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tupl
     return per_epoch * epochs + validation_s * validations, "fallback"
 
 
+def _fallback_epoch(job: FitJob, scale: float) -> float:
+    """The fallback seconds of one of ``job``'s epochs were its settings' :func:`cost_scale` ``scale``: the base
+    model's epoch plus each method's extra, the scalable ones (DE, HTD, IR) times ``scale``."""
+    epoch_s, _ = base_seconds(job.model["name"], int(job.model["dim"]))
+    return epoch_s + sum(EPOCH_SECONDS.get(m, 1.0) * (scale if m in SCALED_METHODS else 1.0)
+                         for m in (job.spec or "").split("+") if m)
+
+
 def method_epoch_seconds(job: FitJob, method: str) -> float:
     """Fallback seconds one epoch of ``method`` adds to ``job``'s student (:data:`EPOCH_SECONDS`, 1 s for a
     method not listed); PHR's grow with its hidden width (``hidden=None``: HyperKDMA's (d_t + d_t·d_s) / 2)."""
     seconds = EPOCH_SECONDS.get(method, 1.0)
+    if method in SCALED_METHODS:
+        return seconds * cost_scale({**job.to_dict(), "spec": method})
     if method != "phr":
         return seconds
     hidden = (job.configs.get("phr") or {}).get("hidden")

@@ -527,3 +527,30 @@ def test_a_committing_ledger_waits_for_another_git_command_s_index_lock_and_retr
     ledger.record(_student_job(2), RESULT, [], threads=1, device="cpu")  # commits seed 1's entry too
     assert ledger.commits.pending == {} and git("status", "--porcelain") == ""
     assert git("rev-list", "--count", "HEAD").strip() == "4"
+
+
+def test_a_fit_without_a_recorded_twin_is_estimated_from_its_siblings_scaled_by_the_work_its_settings_add():
+    def ir_rrd(users: int, seconds: float | None = None) -> dict:
+        job = jobs.FitJob(kind="students", dataset="citeulike-t", split=("s", "k"), seed=0, spec="rrd+ir",
+                          model={"name": "bpr", "dim": 20},
+                          configs={"ir": {"num_interesting": users, "num_uninteresting": users}},
+                          train={"epochs": 1000, "patience": 20, "eval_every": 1})
+        return job if seconds is None else {"job": job.to_dict(), "seconds": seconds, "threads": 1, "epochs_run": 200}
+
+    timings = jobs.recorded_timings([ir_rrd(20, 4000.0), ir_rrd(10, 1500.0)])
+    assert jobs.estimate_seconds(ir_rrd(20), timings) == (4000.0, "ledger")
+    # 40 + 40 users: IR's share of the epoch twice the 20 + 20 run's, four times the 10 + 10 run's; the base
+    # epoch and RRD's as they were. By hand from the fallback costs (b = BPR-20 epoch + RRD, r = IR at 20 + 20):
+    # the 20-user run's 20 s an epoch × (b + 2r) / (b + r), the 10-user run's 7.5 s × (b + 2r) / (b + r / 2).
+    b, r = jobs.base_seconds("bpr", 20)[0] + jobs.EPOCH_SECONDS["rrd"], jobs.EPOCH_SECONDS["ir"]
+    per_epoch = np.median([20.0 * (b + 2 * r) / (b + r), 7.5 * (b + 2 * r) / (b + r / 2)])
+    seconds, source = jobs.estimate_seconds(ir_rrd(40), timings)
+    assert source == "ledger per epoch" and seconds == pytest.approx(per_epoch * jobs.EARLY_STOPPED_EPOCHS)
+
+    # DE's expert bank at φ = 1 (d_s = 200 = d_t): (200·200 + 200·200) / (20·110 + 110·200) = 3.31 times dim 20's.
+    teacher = jobs.FitJob(kind="models", dataset="citeulike-t", split=("s", "k"), seed=0,
+                          model={"name": "bpr", "dim": 200}, train={"epochs": 10})
+    de = jobs.FitJob(kind="students", dataset="citeulike-t", split=("s", "k"), seed=0, spec="de", teacher=teacher,
+                     model={"name": "bpr", "dim": 200}, configs={"de": {"num_experts": 30}}, train={"epochs": 10})
+    assert jobs.cost_scale(de.to_dict()) == pytest.approx(80000 / 24200)
+    assert jobs.method_epoch_seconds(de, "de") == pytest.approx(jobs.EPOCH_SECONDS["de"] * 80000 / 24200)
