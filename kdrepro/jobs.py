@@ -514,9 +514,13 @@ def default_ledger_root() -> Path:
     return Path(root) if root else REPO_ROOT / "results"
 
 
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
 def _git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = _git(REPO_ROOT, "rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -578,10 +582,6 @@ def reconcile_refit(earlier: dict, fresh: dict) -> dict:
     return {**fresh, "superseded": [*earlier.get("superseded", []), superseded]}
 
 
-def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-
-
 class LedgerCommits:
     """Commits each ledger entry to git the moment it is written (``KDREPRO_COMMIT_LEDGER=1``, which
     ``run_all.py --commit-ledger`` sets): a campaign's finished fits are in history as they complete, and a
@@ -625,7 +625,6 @@ class LedgerCommits:
                           f"is written and will be committed with the next one", file=sys.stderr)
                     continue
                 del self.pending[entry]
-
 
     def _git_waiting(self, *args: str) -> subprocess.CompletedProcess:
         """``git *args``, tried again for up to ~30 s while another git command (a person's commit, an
@@ -1017,15 +1016,18 @@ def cost_scale(job: Mapping[str, Any]) -> float:
     siblings, not from the first one's seconds: DE's expert bank (M experts d_s → (d_s + d_t)/2 → d_t;
     measured at M = 30, d_s = 20, d_t = 200), HTD's (K groups, the same widths) and IR's users per item
     (K + L; measured at 20 + 20). Every other setting counts 1."""
+    def expert_bank(count: int, d_s: int, d_t: int) -> int:  # multiply-adds of `count` experts d_s → h → d_t
+        hidden = (d_s + d_t) // 2
+        return count * (d_s * hidden + hidden * d_t)
+
     scale = 1.0
     for method in (job.get("spec") or "").split("+"):
         config = (job.get("configs") or {}).get(method) or {}
         if method in ("de", "htd"):
             d_s = int(job.get("student_repr") or job["model"]["dim"])
             d_t = int((job.get("teacher") or {}).get("model", {}).get("dim", 200))
-            hidden = (d_s + d_t) // 2
             count = config.get("num_experts" if method == "de" else "num_groups", 30)
-            scale *= count / 30 * (d_s * hidden + hidden * d_t) / (20 * 110 + 110 * 200)
+            scale *= expert_bank(count, d_s, d_t) / expert_bank(30, 20, 200)
         elif method == "ir":
             scale *= (config.get("num_interesting", 20) + config.get("num_uninteresting", 20)) / 40
     return scale
@@ -1062,8 +1064,8 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tupl
             return float(np.median(per_epoch)) * expected_epochs(job.train), "ledger per epoch"
     if job.task:
         return task(job.task).seconds(job), "fallback"
-    epoch_s, validation_s = base_seconds(job.model["name"], int(job.model["dim"]))
-    per_epoch = epoch_s + sum(method_epoch_seconds(job, n) for n in (job.spec or "").split("+") if n)
+    _, validation_s = base_seconds(job.model["name"], int(job.model["dim"]))
+    per_epoch = _fallback_epoch(job, cost_scale(job.to_dict()))
     epochs = expected_epochs(job.train)
     validations = epochs // max(1, int(job.train.get("eval_every", 1)))
     return per_epoch * epochs + validation_s * validations, "fallback"
@@ -1071,9 +1073,10 @@ def estimate_seconds(job: FitJob, timings: Mapping[tuple, list[Timing]]) -> tupl
 
 def _fallback_epoch(job: FitJob, scale: float) -> float:
     """The fallback seconds of one of ``job``'s epochs were its settings' :func:`cost_scale` ``scale``: the base
-    model's epoch plus each method's extra, the scalable ones (DE, HTD, IR) times ``scale``."""
+    model's epoch plus each method's extra (:func:`method_epoch_seconds`), the scalable ones (DE, HTD, IR)
+    their measured extra times ``scale``."""
     epoch_s, _ = base_seconds(job.model["name"], int(job.model["dim"]))
-    return epoch_s + sum(EPOCH_SECONDS.get(m, 1.0) * (scale if m in SCALED_METHODS else 1.0)
+    return epoch_s + sum(EPOCH_SECONDS[m] * scale if m in SCALED_METHODS else method_epoch_seconds(job, m)
                          for m in (job.spec or "").split("+") if m)
 
 
